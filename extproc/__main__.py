@@ -1,0 +1,4 @@
+from extproc.server import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Every default, header name and limit of the ext_proc server, and its Settings.
+
+One source of truth: the CLI, the Envoy config generator, the stack launcher and the tests read these names.
+Every flag has an environment-variable equivalent (``EXTPROC_`` + the flag name upper-cased, dashes as
+underscores), so the server can be configured from a Kubernetes manifest without a command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+ENV_PREFIX = "EXTPROC_"
+
+# --- wire names ---------------------------------------------------------------------------------------------
+DEFAULT_CLUSTER_HEADER = "x-upstream-cluster"
+WORKFLOW_ID_HEADER = "x-workflow-id"
+AGENT_ID_HEADER = "x-agent-id"
+SERVED_BY_HEADER = "x-served-by"
+# Set by the router stream, read back by the observer stream of the same HTTP request.
+ROUTE_ID_HEADER = "x-workflow-route-id"
+METADATA_FIELD = "workflow_metadata"
+# Paths whose JSON body is parsed for routing; any other path is routed on headers only.
+LLM_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
+
+# --- defaults -----------------------------------------------------------------------------------------------
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_GRPC_PORT = 9002
+DEFAULT_METRICS_PORT = 9190
+DEFAULT_WORKFLOW_TTL_S = 3600.0
+DEFAULT_MAX_WORKFLOWS = 1000
+DEFAULT_BATCHING_PREFERENCE = 0.8
+DEFAULT_BACKENDS = "vllm-1,vllm-2,vllm-3"
+DEFAULT_GRACE_S = 5.0
+
+# --- limits -------------------------------------------------------------------------------------------------
+MAX_ID_LENGTH = 256
+# Expired workflows are popped from the front of the LRU at most this many per request: amortised O(1).
+EXPIRY_POPS_PER_REQUEST = 8
+# A routed request whose end this replica never observed stops counting as load after this long
+# (above Envoy's upstream timeout of 300 s).
+INFLIGHT_MAX_AGE_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One upstream instance: the Envoy cluster name and, when known, its base URL (for health/metrics)."""
+
+    cluster: str
+    url: str | None = None
+
+
+def parse_backends(spec: str) -> tuple[Backend, ...]:
+    """Parse ``name[=url],name[=url],...`` into backends; names must be unique and non-empty."""
+    backends: list[Backend] = []
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, url = item.partition("=")
+        backends.append(Backend(name.strip(), url.strip() or None))
+    names = [b.cluster for b in backends]
+    if not names:
+        raise ValueError("at least one backend is required")
+    if len(set(names)) != len(names) or any(not n for n in names):
+        raise ValueError(f"backend names must be unique and non-empty: {spec!r}")
+    return tuple(backends)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = DEFAULT_HOST
+    grpc_port: int = DEFAULT_GRPC_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    backends: tuple[Backend, ...] = field(default_factory=lambda: parse_backends(DEFAULT_BACKENDS))
+    cluster_header: str = DEFAULT_CLUSTER_HEADER
+    workflow_ttl: float = DEFAULT_WORKFLOW_TTL_S
+    max_workflows: int = DEFAULT_MAX_WORKFLOWS
+    batching_preference: float = DEFAULT_BATCHING_PREFERENCE
+    keep_workflow_metadata: bool = False
+    a2a_url: str | None = None
+    grace_period: float = DEFAULT_GRACE_S
+    log_level: str = "info"
+
+    def validate(self) -> Settings:
+        if self.workflow_ttl <= 0:
+            raise ValueError("--workflow-ttl must be > 0")
+        if self.max_workflows < 1:
+            raise ValueError("--max-workflows must be >= 1")
+        if not 0.0 <= self.batching_preference <= 1.0:
+            raise ValueError("--batching-preference must be within 0.0..1.0")
+        if not self.cluster_header or self.cluster_header.lower() != self.cluster_header:
+            raise ValueError("--cluster-header must be a non-empty lower-case header name")
+        return self
+
+
+def _env(name: str, default: object) -> str | None:
+    value = os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
+    return value if value is not None else (None if default is None else str(default))
+
+
+def _bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workflow-extproc",
+        description="Envoy ext_proc server: workflow-aware routing of OpenAI-compatible LLM requests. "
+        f"Every flag can also be set with an environment variable {ENV_PREFIX}<FLAG> "
+        f"(e.g. {ENV_PREFIX}WORKFLOW_TTL=600).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--host", default=_env("host", DEFAULT_HOST), help="address to bind the gRPC and metrics servers")
+    add("--grpc-port", type=int, default=_env("grpc-port", DEFAULT_GRPC_PORT), help="ext_proc gRPC port (0 = any)")
+    add("--metrics-port", type=int, default=_env("metrics-port", DEFAULT_METRICS_PORT),
+        help="Prometheus /metrics HTTP port (0 = any)")
+    add("--backends", default=_env("backends", DEFAULT_BACKENDS),
+        help="comma-separated Envoy cluster names of the vLLM instances, each optionally =base_url")
+    add("--cluster-header", default=_env("cluster-header", DEFAULT_CLUSTER_HEADER),
+        help="request header that carries the chosen cluster to Envoy's cluster_header route")
+    add("--workflow-ttl", type=float, default=_env("workflow-ttl", DEFAULT_WORKFLOW_TTL_S),
+        help="seconds of inactivity after which a workflow's instance assignment is forgotten")
+    add("--max-workflows", type=int, default=_env("max-workflows", DEFAULT_MAX_WORKFLOWS),
+        help="workflows remembered at most; the least recently used one is evicted beyond it")
+    add("--batching-preference", type=float, default=_env("batching-preference", DEFAULT_BATCHING_PREFERENCE),
+        help="0.0-1.0: how strongly workflow affinity wins over load balance")
+    add("--keep-workflow-metadata", type=_bool, nargs="?", const=True,
+        default=_bool(_env("keep-workflow-metadata", False) or False),
+        help="forward workflow_metadata to the backend instead of stripping it from the body")
+    add("--a2a-url", default=_env("a2a-url", None),
+        help="gRPC address (host:port) of the A2A service to report routed requests to; unset = no reports")
+    add("--grace-period", type=float, default=_env("grace-period", DEFAULT_GRACE_S),
+        help="seconds to drain in-flight streams on SIGTERM")
+    add("--log-level", default=_env("log-level", "info"), choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
+    ns = build_parser().parse_args(argv)
+    return Settings(
+        host=ns.host,
+        grpc_port=ns.grpc_port,
+        metrics_port=ns.metrics_port,
+        backends=parse_backends(ns.backends),
+        cluster_header=ns.cluster_header.lower(),
+        workflow_ttl=ns.workflow_ttl,
+        max_workflows=ns.max_workflows,
+        batching_preference=ns.batching_preference,
+        keep_workflow_metadata=ns.keep_workflow_metadata,
+        a2a_url=ns.a2a_url or None,
+        grace_period=ns.grace_period,
+        log_level=ns.log_level,
+    ).validate()

@@ -1,0 +1,150 @@
+"""Pure parsing of the routing-relevant parts of an OpenAI-compatible request.
+
+Bytes and header values in, a ``RoutingInput`` out, or a ``BadRequest`` naming the offending field. No I/O, no
+globals: the servicer calls it once per request and unit tests call it directly.
+
+Precedence: a ``workflow_metadata`` object in the body wins over the ``x-workflow-id`` / ``x-agent-id`` headers
+as a whole (the body is what the application wrote for this very request; headers are usually set once per
+client). The headers are used only when the body carries no ``workflow_metadata``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from extproc.config import MAX_ID_LENGTH, METADATA_FIELD
+from extproc.errors import BadRequest
+
+
+class ContextSharing(StrEnum):
+    AUTO = "auto"
+    BROADCAST = "broadcast"
+    SELECTIVE = "selective"
+    NONE = "none"
+
+
+_STRATEGIES = ", ".join(s.value for s in ContextSharing)
+_FIELDS = frozenset(
+    {"workflow_id", "agent_id", "parent_request_id", "workflow_priority", "context_sharing_strategy"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowMetadata:
+    workflow_id: str
+    agent_id: str | None = None
+    parent_request_id: str | None = None
+    workflow_priority: float = 1.0
+    context_sharing_strategy: ContextSharing = ContextSharing.AUTO
+
+    @property
+    def wants_affinity(self) -> bool:
+        """``none`` means: treat the request as independent of its workflow."""
+        return self.context_sharing_strategy is not ContextSharing.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingInput:
+    metadata: WorkflowMetadata | None
+    # The body to forward when it must change (metadata stripped); None = forward unchanged.
+    rewritten_body: bytes | None = None
+
+
+def _check_id(value: Any, param: str, *, required: bool) -> str | None:
+    if value is None:
+        if required:
+            raise BadRequest(f"'{param}' is required when workflow_metadata is present", param, "missing_field")
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"'{param}' must be a string, got {type(value).__name__}", param, "invalid_type")
+    if not value.strip():
+        raise BadRequest(f"'{param}' must not be empty", param, "invalid_value")
+    if len(value) > MAX_ID_LENGTH:
+        raise BadRequest(f"'{param}' is longer than {MAX_ID_LENGTH} characters", param, "too_long")
+    if not value.isprintable():
+        raise BadRequest(f"'{param}' contains control or non-printable characters", param, "invalid_value")
+    return value
+
+
+def parse_metadata(obj: Any) -> WorkflowMetadata:
+    """Validate the ``workflow_metadata`` object of a request body."""
+    if not isinstance(obj, dict):
+        raise BadRequest(
+            f"'{METADATA_FIELD}' must be an object, got {type(obj).__name__}", METADATA_FIELD, "invalid_type"
+        )
+    unknown = obj.keys() - _FIELDS
+    if unknown:
+        name = sorted(map(str, unknown))[0]
+        raise BadRequest(
+            f"unknown field '{METADATA_FIELD}.{name}' (allowed: {', '.join(sorted(_FIELDS))})",
+            f"{METADATA_FIELD}.{name}",
+            "unknown_field",
+        )
+    workflow_id = _check_id(obj.get("workflow_id"), f"{METADATA_FIELD}.workflow_id", required=True)
+    agent_id = _check_id(obj.get("agent_id"), f"{METADATA_FIELD}.agent_id", required=False)
+    parent = _check_id(obj.get("parent_request_id"), f"{METADATA_FIELD}.parent_request_id", required=False)
+
+    priority = obj.get("workflow_priority", 1.0)
+    param = f"{METADATA_FIELD}.workflow_priority"
+    if priority is None:
+        priority = 1.0
+    if isinstance(priority, bool) or not isinstance(priority, int | float):
+        raise BadRequest(f"'{param}' must be a number, got {type(priority).__name__}", param, "invalid_type")
+    priority = float(priority)
+    if not math.isfinite(priority) or priority < 0:
+        raise BadRequest(f"'{param}' must be a finite number >= 0", param, "invalid_value")
+
+    strategy = obj.get("context_sharing_strategy", ContextSharing.AUTO.value)
+    param = f"{METADATA_FIELD}.context_sharing_strategy"
+    if strategy is None:
+        strategy = ContextSharing.AUTO.value
+    if not isinstance(strategy, str):
+        raise BadRequest(f"'{param}' must be a string, got {type(strategy).__name__}", param, "invalid_type")
+    try:
+        sharing = ContextSharing(strategy)
+    except ValueError:
+        raise BadRequest(
+            f"'{param}' must be one of {_STRATEGIES}, got {strategy[:64]!r}", param, "invalid_value"
+        ) from None
+    assert workflow_id is not None
+    return WorkflowMetadata(workflow_id, agent_id, parent, priority, sharing)
+
+
+def metadata_from_headers(workflow_id: str | None, agent_id: str | None) -> WorkflowMetadata | None:
+    """Metadata from the ``x-workflow-id`` / ``x-agent-id`` headers (no workflow id → none)."""
+    if workflow_id is None:
+        return None
+    wid = _check_id(workflow_id, "x-workflow-id", required=True)
+    aid = _check_id(agent_id, "x-agent-id", required=False)
+    assert wid is not None
+    return WorkflowMetadata(wid, aid)
+
+
+def parse_llm_body(
+    raw: bytes, header_metadata: WorkflowMetadata | None, *, strip_metadata: bool
+) -> RoutingInput:
+    """Parse a completions / chat-completions body once and extract its routing input."""
+    if not raw:
+        raise BadRequest("request body is empty; expected a JSON object", None, "invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        # orjson's message says what and where (also for nesting deeper than its 1024 limit, bad UTF-8).
+        raise BadRequest(f"request body is not valid JSON: {exc}", None, "invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest(
+            f"request body must be a JSON object, got {type(body).__name__}", None, "invalid_json"
+        )
+    if METADATA_FIELD not in body:
+        return RoutingInput(header_metadata)
+    obj = body[METADATA_FIELD]
+    metadata = header_metadata if obj is None else parse_metadata(obj)
+    if not strip_metadata:
+        return RoutingInput(metadata)
+    del body[METADATA_FIELD]
+    return RoutingInput(metadata, orjson.dumps(body))

@@ -1,0 +1,112 @@
+"""Process shell: the gRPC server (ext_proc + health), the metrics endpoint, signals and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import disable_created_metrics, start_http_server
+
+from extproc.config import INFLIGHT_MAX_AGE_S, Settings
+from extproc.metrics import Metrics
+from extproc.reporting import NullReporter, Reporter
+from extproc.routing.inflight import InFlight
+from extproc.routing.policy import Router
+from extproc.routing.workflows import WorkflowTable
+from extproc.servicer import ExtProcServicer
+
+log = logging.getLogger("extproc")
+
+# A buffered body travels to us in one gRPC message: accept anything Envoy's buffer limit lets through.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Running:
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    router: Router
+    metrics: Metrics
+    grpc_port: int
+    metrics_port: int
+
+
+def build_reporter(settings: Settings) -> Reporter:
+    if settings.a2a_url is None:
+        return NullReporter()
+    from extproc.a2a_reporter import A2AReporter  # imported lazily: only when reporting is on
+
+    return A2AReporter(settings.a2a_url)
+
+
+async def start(settings: Settings, reporter: Reporter | None = None) -> Running:
+    disable_created_metrics()  # the *_created series double the exposition for no use here
+    table = WorkflowTable(settings.workflow_ttl, settings.max_workflows)
+    router = Router([b.cluster for b in settings.backends], table)
+    inflight = InFlight(router, INFLIGHT_MAX_AGE_S)
+    metrics = Metrics(router, inflight)
+    reporter = reporter if reporter is not None else build_reporter(settings)
+    servicer = ExtProcServicer(settings, router, inflight, metrics, reporter)
+
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_concurrent_streams", 10_000),
+        ]
+    )
+    pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    grpc_port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    await server.start()
+    for service in ("", "envoy.service.ext_proc.v3.ExternalProcessor"):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    http_server, _thread = start_http_server(settings.metrics_port, settings.host, registry=metrics.registry)
+    metrics_port = http_server.server_port
+    start_reporter = getattr(reporter, "start", None)
+    if start_reporter is not None:
+        await start_reporter()
+    return Running(server, health_servicer, router, metrics, grpc_port, metrics_port)
+
+
+async def serve(settings: Settings) -> None:
+    running = await start(settings)
+    log.info(
+        "ext_proc server listening",
+        extra={"grpc_port": running.grpc_port, "metrics_port": running.metrics_port,
+               "backends": [b.cluster for b in settings.backends]},
+    )
+    # Parent processes (the stack launcher, tests) read the bound ports from this line.
+    print(f"EXTPROC_LISTENING grpc={running.grpc_port} metrics={running.metrics_port}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining", extra={"grace_period_s": settings.grace_period})
+    await running.health.enter_graceful_shutdown()
+    # Streams in flight finish (they take microseconds); new ones are refused, Envoy retries elsewhere or
+    # applies failure_mode_allow.
+    await running.server.stop(settings.grace_period)
+    log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from extproc.config import settings_from_args
+    from extproc.logs import configure
+
+    try:
+        settings = settings_from_args(argv)
+    except ValueError as exc:
+        print(f"workflow-extproc: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure(settings.log_level)
+    asyncio.run(serve(settings))

@@ -1,0 +1,250 @@
+"""The ext_proc gRPC servicer: a thin adapter between Envoy's ProcessingRequest streams and the routing core.
+
+Envoy runs two ext_proc filters against this server, each opening one stream per HTTP request:
+
+- the **router** stream (request headers + buffered body; Envoy waits for each answer). Requests without a
+  body are routed on their headers; the others when their body arrives (parsed once). The answer sets the
+  cluster header and ``clear_route_cache`` so Envoy re-selects the route, and may replace the body with
+  ``workflow_metadata`` stripped (fixing ``content-length``).
+- the **observer** stream (``observability_mode``: Envoy does not wait, so it adds no latency). It sees the
+  request headers the router set and the response, which tell when the request finished and its ``usage``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from extproc.config import AGENT_ID_HEADER, LLM_PATHS, ROUTE_ID_HEADER, WORKFLOW_ID_HEADER, Settings
+from extproc.errors import BadRequest
+from extproc.metadata import RoutingInput, WorkflowMetadata, metadata_from_headers, parse_llm_body
+from extproc.metrics import Metrics
+from extproc.reporting import Reporter
+from extproc.routing.inflight import InFlight
+from extproc.routing.policy import Decision, Router
+from extproc.usage import TailBuffer, extract_usage
+
+log = logging.getLogger("extproc")
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_STATUS = frozenset({":status"})
+
+
+class _Stream:
+    """Per-stream state of either kind of stream."""
+
+    __slots__ = ("agent_id", "header_metadata", "instance", "path", "request_id", "route_id", "status",
+                 "tail", "workflow_id")
+
+    def __init__(self) -> None:
+        self.path = ""
+        self.request_id = ""
+        self.header_metadata: WorkflowMetadata | None = None
+        self.instance: str | None = None
+        self.route_id: str | None = None
+        # observer only
+        self.workflow_id: str | None = None
+        self.agent_id: str | None = None
+        self.status = 0
+        self.tail: TailBuffer | None = None
+
+
+def _header_map(headers: pb.HttpHeaders, wanted: frozenset[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for header in headers.headers.headers:
+        key = header.key
+        if key in wanted:
+            raw = header.raw_value
+            found[key] = raw.decode("utf-8", "replace") if raw else header.value
+    return found
+
+
+def _immediate(error: BadRequest) -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse()
+    immediate = response.immediate_response
+    immediate.status.code = error.status
+    immediate.body = error.to_json()
+    immediate.details = error.code
+    option = immediate.headers.set_headers.add()
+    option.header.key = "content-type"
+    option.header.raw_value = b"application/json"
+    option.append_action = _OVERWRITE
+    return response
+
+
+def _set(mutation: pb.HeaderMutation, key: str, value: str) -> None:
+    option = mutation.set_headers.add()
+    option.header.key = key
+    option.header.raw_value = value.encode()
+    option.append_action = _OVERWRITE
+
+
+class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
+    def __init__(
+        self,
+        settings: Settings,
+        router: Router,
+        inflight: InFlight,
+        metrics: Metrics,
+        reporter: Reporter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.router = router
+        self.inflight = inflight
+        self.metrics = metrics
+        self.reporter = reporter
+        self.clock = clock
+        self.strip_metadata = not settings.keep_workflow_metadata
+        self.cluster_header = settings.cluster_header
+        self._router_headers = frozenset({":path", WORKFLOW_ID_HEADER, AGENT_ID_HEADER, "x-request-id"})
+        self._observer_headers = frozenset(
+            {ROUTE_ID_HEADER, settings.cluster_header, WORKFLOW_ID_HEADER, AGENT_ID_HEADER, "x-request-id"}
+        )
+
+    async def Process(
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        self.metrics.streams.inc()
+        stream = _Stream()
+        try:
+            async for message in request_iterator:
+                if message.observability_mode:
+                    self.observe(message, stream)  # Envoy expects no answer
+                else:
+                    yield self.handle(message, stream)
+        except Exception:
+            self.metrics.stream_errors.inc()
+            log.exception("ext_proc stream failed")
+            raise
+        finally:
+            if stream.tail is not None:  # observer stream cut before the response ended (client reset)
+                self._finish(stream)
+
+    # --- router stream -------------------------------------------------------------------------------------
+    def handle(self, message: pb.ProcessingRequest, stream: _Stream) -> pb.ProcessingResponse:
+        kind = message.WhichOneof("request")
+        if kind == "request_headers":
+            return self._on_headers(message.request_headers, stream)
+        if kind == "request_body":
+            return self._on_body(message.request_body, stream)
+        # Not configured to be sent (trailers, responses): answer with an empty response of the same kind.
+        response = pb.ProcessingResponse()
+        getattr(response, kind).SetInParent()
+        return response
+
+    def _on_headers(self, headers: pb.HttpHeaders, stream: _Stream) -> pb.ProcessingResponse:
+        started = time.perf_counter()
+        found = _header_map(headers, self._router_headers)
+        stream.path = found.get(":path", "").partition("?")[0]
+        stream.request_id = found.get("x-request-id", "")
+        try:
+            stream.header_metadata = metadata_from_headers(
+                found.get(WORKFLOW_ID_HEADER), found.get(AGENT_ID_HEADER)
+            )
+        except BadRequest as error:
+            self.metrics.bad_request(error.code)
+            return _immediate(error)
+        response = pb.ProcessingResponse()
+        response.request_headers.SetInParent()  # upb: reading a sub-message does not set the oneof
+        if headers.end_of_stream:
+            # No body will follow (GET, empty POST): route on the headers alone.
+            self._route(response.request_headers.response, RoutingInput(stream.header_metadata), stream, started)
+        return response
+
+    def _on_body(self, body: pb.HttpBody, stream: _Stream) -> pb.ProcessingResponse:
+        started = time.perf_counter()
+        response = pb.ProcessingResponse()
+        response.request_body.SetInParent()
+        if stream.instance is not None:
+            return response  # already routed (defensive: BUFFERED sends one body message)
+        if stream.path in LLM_PATHS:
+            try:
+                routing = parse_llm_body(body.body, stream.header_metadata, strip_metadata=self.strip_metadata)
+            except BadRequest as error:
+                self.metrics.bad_request(error.code)
+                return _immediate(error)
+        else:
+            routing = RoutingInput(stream.header_metadata)
+        self._route(response.request_body.response, routing, stream, started)
+        return response
+
+    def _route(self, common: pb.CommonResponse, routing: RoutingInput, stream: _Stream, started: float) -> None:
+        metadata = routing.metadata
+        now = self.clock()
+        decision = self.router.route(metadata, now)
+        instance = decision.instance
+        stream.instance = instance
+        route_id = self.inflight.start(instance, now)
+        mutation = common.header_mutation
+        _set(mutation, self.cluster_header, instance)
+        _set(mutation, ROUTE_ID_HEADER, route_id)
+        if decision.workflow_id is not None and metadata is not None:
+            # The observer stream (and the backend's logs) learn the workflow from these headers.
+            _set(mutation, WORKFLOW_ID_HEADER, decision.workflow_id)
+            if metadata.agent_id is not None:
+                _set(mutation, AGENT_ID_HEADER, metadata.agent_id)
+        if routing.rewritten_body is not None:
+            common.body_mutation.body = routing.rewritten_body
+            _set(mutation, "content-length", str(len(routing.rewritten_body)))
+        common.clear_route_cache = True
+        elapsed = time.perf_counter() - started
+        self._account(decision, metadata, stream, elapsed)
+
+    def _account(self, decision: Decision, metadata: WorkflowMetadata | None, stream: _Stream, elapsed: float) -> None:
+        metrics = self.metrics
+        metrics.routing_latency.observe(elapsed)
+        if decision.workflow_id is None:
+            reason = "no_metadata"
+        else:
+            metrics.total_requests.inc()
+            reason = "affinity" if decision.affinity_hit else "failover" if decision.failover else "new_workflow"
+            self.reporter.routed(stream.request_id, decision, metadata, elapsed)
+        metrics.decisions[decision.instance, reason].inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "routed",
+                extra={"instance": decision.instance, "reason": reason, "workflow_id": decision.workflow_id,
+                       "path": stream.path, "routing_us": round(elapsed * 1e6, 1)},
+            )
+
+    # --- observer stream -----------------------------------------------------------------------------------
+    def observe(self, message: pb.ProcessingRequest, stream: _Stream) -> None:
+        kind = message.WhichOneof("request")
+        if kind == "request_headers":
+            found = _header_map(message.request_headers, self._observer_headers)
+            stream.route_id = found.get(ROUTE_ID_HEADER)
+            stream.instance = found.get(self.cluster_header)
+            stream.workflow_id = found.get(WORKFLOW_ID_HEADER)
+            stream.agent_id = found.get(AGENT_ID_HEADER)
+            stream.request_id = found.get("x-request-id", "")
+            stream.tail = TailBuffer()
+        elif kind == "response_headers" and stream.tail is not None:
+            status = _header_map(message.response_headers, _STATUS).get(":status", "0")
+            stream.status = int(status) if status.isdigit() else 0
+            if message.response_headers.end_of_stream:
+                self._finish(stream)
+        elif kind == "response_body" and stream.tail is not None:
+            stream.tail.feed(message.response_body.body)
+            if message.response_body.end_of_stream:
+                # Envoy closes observer streams lazily: the response's end is the request's end.
+                self._finish(stream)
+
+    def _finish(self, stream: _Stream) -> None:
+        if stream.route_id is not None:
+            self.inflight.finish(stream.route_id)
+        assert stream.tail is not None
+        usage = extract_usage(stream.tail.data) if stream.status == 200 else None
+        stream.tail = None
+        instance = stream.instance or ""
+        if usage is not None:
+            self.metrics.usage(instance, usage)
+        if stream.workflow_id is not None:
+            self.reporter.completed(
+                stream.request_id, stream.workflow_id, stream.agent_id, instance, usage, stream.status
+            )
