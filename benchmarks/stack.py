@@ -116,6 +116,9 @@ class StackOptions:
     sim_args: tuple[str, ...] = ()
     extproc_args: tuple[str, ...] = ()
     a2a_args: tuple[str, ...] = ()
+    # name -> port of backends started elsewhere; when set, no simulators are started.
+    external_backends: dict[str, int] | None = None
+    ext_proc_enabled: bool = True
     envoy_concurrency: int = 2
     failure_mode_allow: bool = True
     message_timeout_s: float = 1.0
@@ -131,6 +134,7 @@ class Stack:
         self.run_dir = options.run_dir or Path(tempfile.mkdtemp(prefix="wfstack-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.simulators: dict[str, Process] = {}
+        self.backends: dict[str, int] = dict(options.external_backends or {})
         self.extprocs: list[Process] = []
         self.a2a: Process | None = None
         self.envoy: Process | None = None
@@ -151,12 +155,14 @@ class Stack:
         self.stop()
 
     def start(self) -> None:
-        for index in range(1, self.options.instances + 1):
-            self.start_simulator(f"vllm-{index}")
+        if self.options.external_backends is None:
+            for index in range(1, self.options.instances + 1):
+                self.start_simulator(f"vllm-{index}")
         if self.options.with_a2a:
             self.start_a2a()
-        for _ in range(self.options.extproc_replicas):
-            self.start_extproc()
+        if self.options.ext_proc_enabled:
+            for _ in range(self.options.extproc_replicas):
+                self.start_extproc()
         self.start_envoy()
 
     def stop(self) -> None:
@@ -173,6 +179,7 @@ class Stack:
         process = spawn(name, argv, self.run_dir)
         process.ports["http"] = int(wait_for_line(process, r"VLLM_SIM_LISTENING port=(\d+)").group(1))
         self.simulators[name] = process
+        self.backends[name] = process.ports["http"]
         return process
 
     def restart_simulator(self, name: str) -> Process:
@@ -191,7 +198,7 @@ class Stack:
         return process
 
     def backends_spec(self) -> str:
-        return ",".join(f"{n}=http://127.0.0.1:{p.ports['http']}" for n, p in self.simulators.items())
+        return ",".join(f"{name}=http://127.0.0.1:{port}" for name, port in self.backends.items())
 
     def start_extproc(self, port: int | None = None) -> Process:
         argv = [sys.executable, "-m", "extproc", "--host", "127.0.0.1",
@@ -216,7 +223,7 @@ class Stack:
     def envoy_options(self) -> EnvoyOptions:
         opts = self.options
         return EnvoyOptions(
-            backends=tuple((n, Endpoint("127.0.0.1", p.ports["http"])) for n, p in self.simulators.items()),
+            backends=tuple((name, Endpoint("127.0.0.1", port)) for name, port in self.backends.items()),
             extproc=tuple(Endpoint("127.0.0.1", p.ports["grpc"]) for p in self.extprocs),
             a2a=Endpoint("127.0.0.1", self.a2a.ports["http"]) if self.a2a is not None else None,
             listen_address="127.0.0.1",
@@ -224,6 +231,7 @@ class Stack:
             admin_port=opts.admin_port,
             failure_mode_allow=opts.failure_mode_allow,
             message_timeout_s=opts.message_timeout_s,
+            ext_proc_enabled=opts.ext_proc_enabled,
         )
 
     def start_envoy(self) -> Process:
@@ -266,7 +274,7 @@ class Stack:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def simulator_url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.simulators[name].ports['http']}"
+        return f"http://127.0.0.1:{self.backends[name]}"
 
 
 # --- make run ----------------------------------------------------------------------------------------------

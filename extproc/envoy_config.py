@@ -62,6 +62,8 @@ class EnvoyOptions:
     message_timeout_s: float = DEFAULT_MESSAGE_TIMEOUT_S
     buffer_limit_bytes: int = DEFAULT_BUFFER_LIMIT
     upstream_timeout_s: float = DEFAULT_UPSTREAM_TIMEOUT_S
+    # False renders the same gateway without our filters (the baseline of benchmarks/gateway_overhead.py).
+    ext_proc_enabled: bool = True
     extra_routes: tuple[dict[str, Any], ...] = field(default=())
 
 
@@ -215,6 +217,8 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
         },
     ]
+    if not options.ext_proc_enabled:
+        http_filters = [f for f in http_filters if f["name"] == "envoy.filters.http.router"]
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
         "HttpConnectionManager",
@@ -233,7 +237,8 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
         "local_reply_config": _local_reply_config(),
     }
     clusters = [_cluster(name, [endpoint]) for name, endpoint in options.backends]
-    clusters.append(_cluster(EXTPROC_CLUSTER, options.extproc, http2=True))
+    if options.ext_proc_enabled:
+        clusters.append(_cluster(EXTPROC_CLUSTER, options.extproc, http2=True))
     if options.a2a is not None:
         clusters.append(_cluster(A2A_CLUSTER, [options.a2a]))
     return {

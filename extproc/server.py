@@ -33,6 +33,7 @@ class Running:
     health: health.aio.HealthServicer
     router: Router
     metrics: Metrics
+    reporter: Reporter
     grpc_port: int
     metrics_port: int
 
@@ -73,7 +74,8 @@ async def start(settings: Settings, reporter: Reporter | None = None) -> Running
     start_reporter = getattr(reporter, "start", None)
     if start_reporter is not None:
         await start_reporter()
-    return Running(server, health_servicer, router, metrics, grpc_port, metrics_port)
+        metrics.registry.register(reporter.collector())  # type: ignore[attr-defined]
+    return Running(server, health_servicer, router, metrics, reporter, grpc_port, metrics_port)
 
 
 async def serve(settings: Settings) -> None:
@@ -96,6 +98,9 @@ async def serve(settings: Settings) -> None:
     # Streams in flight finish (they take microseconds); new ones are refused, Envoy retries elsewhere or
     # applies failure_mode_allow.
     await running.server.stop(settings.grace_period)
+    stop_reporter = getattr(running.reporter, "stop", None)
+    if stop_reporter is not None:
+        await stop_reporter()
     log.info("stopped")
 
 

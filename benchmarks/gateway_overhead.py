@@ -1,0 +1,230 @@
+"""Gateway overhead: Envoy with our ext_proc filters vs the same Envoy without them, side by side in one run.
+
+Backends are a second Envoy answering a fixed completion JSON (``direct_response``), so the gateway, not the
+backend, is the bottleneck. The same closed-loop load generator drives both gateways with the same requests
+(each carries ``workflow_metadata``; ext_proc parses it, routes, strips it). Then the in-process routing
+decision time (parse + route + build the answer, via the servicer's synchronous core) is measured at 1k,
+10k and 100k active workflows.
+
+Prints figures; asserts nothing. ``--quick`` runs a few seconds (used by ``make test``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import yaml
+
+from benchmarks.loadgen import LoadResult, http_request, run_load
+from benchmarks.stack import Process, Stack, StackOptions, envoy_binary, spawn
+
+FIXED_COMPLETION = orjson.dumps({
+    "id": "cmpl-bench", "object": "text_completion", "model": "bench",
+    "choices": [{"index": 0, "text": " ok", "finish_reason": "length"}],
+    "usage": {"prompt_tokens": 64, "completion_tokens": 1, "total_tokens": 65,
+              "prompt_tokens_details": {"cached_tokens": 48}},
+}).decode()
+
+
+def _fixed_backend_config(names: list[str]) -> dict[str, object]:
+    listeners = []
+    for name in names:
+        listeners.append({
+            "name": name,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                    "HttpConnectionManager",
+                    "stat_prefix": name,
+                    "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": [{
+                        "match": {"prefix": "/"},
+                        "direct_response": {"status": 200, "body": {"inline_string": FIXED_COMPLETION}},
+                    }], "response_headers_to_add": [
+                        {"header": {"key": "content-type", "value": "application/json"}}]}]},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+                },
+            }]}],
+        })
+    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+            "static_resources": {"listeners": listeners}}
+
+
+def start_fixed_backends(run_dir: Path, names: list[str]) -> tuple[Process, dict[str, int]]:
+    import httpx
+
+    config = run_dir / "fixed-backends.yaml"
+    config.write_text(yaml.safe_dump(_fixed_backend_config(names)))
+    admin_path = run_dir / "fixed-admin"
+    process = spawn("fixed-backends", [envoy_binary(), "-c", str(config), "--admin-address-path", str(admin_path),
+                                       "--concurrency", "1", "--use-dynamic-base-id", "--log-level", "warning"],
+                    run_dir)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if admin_path.exists() and admin_path.read_text().strip():
+            admin = "http://" + admin_path.read_text().strip()
+            try:
+                listeners = httpx.get(f"{admin}/listeners?format=json", timeout=1).json()["listener_statuses"]
+                if len(listeners) == len(names):
+                    return process, {item["name"]: int(item["local_address"]["socket_address"]["port_value"])
+                                     for item in listeners}
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.05)
+    raise RuntimeError(f"fixed backends did not start:\n{process.log_tail()}")
+
+
+def make_requests(workflows: int, seed: int = 0) -> list[bytes]:
+    rng = random.Random(seed)
+    requests = []
+    for i in range(2048):
+        workflow = rng.randrange(workflows)
+        body = orjson.dumps({
+            "model": "meta-llama/Llama-3.1-8B-Instruct",
+            "prompt": f"Agent {i % 5} of workflow {workflow}: " + "summarize the quarterly figures. " * 20,
+            "max_tokens": 16,
+            "workflow_metadata": {"workflow_id": f"wf-{workflow}", "agent_id": f"agent-{i % 5}"},
+        })
+        requests.append(http_request("POST", "/v1/completions", body))
+    return requests
+
+
+def measure_gateway(ext_proc: bool, backends: dict[str, int], requests: list[bytes], connections: int,
+                    duration: float, run_dir: Path) -> LoadResult:
+    options = StackOptions(listen_port=0, admin_port=0, with_a2a=False, external_backends=backends,
+                           ext_proc_enabled=ext_proc, envoy_concurrency=1, log_level="warning",
+                           run_dir=run_dir / ("with-extproc" if ext_proc else "without-extproc"))
+    with Stack(options) as stack:
+        def make(i: int) -> bytes:
+            return requests[i % len(requests)]
+        asyncio.run(run_load("127.0.0.1", stack.listen_port, make, connections=connections, duration=1.0))  # warm
+        return asyncio.run(run_load("127.0.0.1", stack.listen_port, make, connections=connections,
+                                    duration=duration))
+
+
+def routing_decision_times(active_workflows: int, samples: int) -> tuple[float, float]:
+    """p50/p99 seconds of the servicer's synchronous core for one body message, at N active workflows."""
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+    from extproc.config import Settings
+    from extproc.metrics import Metrics
+    from extproc.reporting import NullReporter
+    from extproc.routing.inflight import InFlight
+    from extproc.routing.policy import Router
+    from extproc.routing.workflows import WorkflowTable
+    from extproc.servicer import ExtProcServicer, _Stream
+
+    settings = Settings(max_workflows=active_workflows * 2)
+    router = Router([b.cluster for b in settings.backends], WorkflowTable(3600, active_workflows * 2))
+    inflight = InFlight(router, 600)
+    servicer = ExtProcServicer(settings, router, inflight, Metrics(router, inflight), NullReporter())
+    headers = pb.ProcessingRequest()
+    for key, value in ((":path", "/v1/completions"), (":method", "POST"), ("content-type", "application/json"),
+                       ("x-request-id", "bench")):
+        header = headers.request_headers.headers.headers.add()
+        header.key, header.raw_value = key, value.encode()
+    bodies = []
+    for i in range(active_workflows):
+        message = pb.ProcessingRequest()
+        message.request_body.body = orjson.dumps({
+            "model": "m", "prompt": "summarize the quarterly figures. " * 20, "max_tokens": 16,
+            "workflow_metadata": {"workflow_id": f"wf-{i}", "agent_id": "a"}})
+        message.request_body.end_of_stream = True
+        bodies.append(message)
+    for message in bodies:  # every workflow becomes active
+        stream = _Stream()
+        servicer.handle(headers, stream)
+        servicer.handle(message, stream)
+    assert len(router.table) == active_workflows
+    rng = random.Random(1)
+    times = []
+    perf = time.perf_counter
+    for _ in range(samples):
+        message = bodies[rng.randrange(active_workflows)]
+        stream = _Stream()
+        started = perf()
+        servicer.handle(headers, stream)
+        servicer.handle(message, stream)
+        times.append(perf() - started)
+        inflight.finish(next(iter(inflight._entries)))
+    times.sort()
+    return times[len(times) // 2], times[int(len(times) * 0.99)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few seconds per measurement")
+    parser.add_argument("--duration", type=float, default=None, help="seconds of load per gateway")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=None, help="alternate the two gateways this many times")
+    parser.add_argument("--json-out", type=Path, default=None)
+    ns = parser.parse_args(argv)
+    duration = ns.duration or (1.5 if ns.quick else 10.0)
+    rounds = ns.rounds or (1 if ns.quick else 3)
+    run_dir = Path(tempfile_dir())
+    names = ["vllm-1", "vllm-2", "vllm-3"]
+    backend_process, backends = start_fixed_backends(run_dir, names)
+    requests = make_requests(workflows=200)
+    report: dict[str, object] = {"duration_s": duration, "connections": ns.connections, "rounds": rounds}
+    try:
+        with_rates, without_rates = [], []
+        with_p, without_p = [], []
+        for _ in range(rounds):  # alternate so drifts in machine load hit both sides alike
+            without = measure_gateway(False, backends, requests, ns.connections, duration, run_dir)
+            with_ = measure_gateway(True, backends, requests, ns.connections, duration, run_dir)
+            without_rates.append(without.rate)
+            with_rates.append(with_.rate)
+            without_p.append((without.percentile(0.5), without.percentile(0.99)))
+            with_p.append((with_.percentile(0.5), with_.percentile(0.99)))
+            for label, result in (("without", without), ("with", with_)):
+                bad = sum(v for k, v in result.statuses.items() if k != 200) + result.errors
+                if bad:
+                    print(f"  warning: {label} ext_proc: {bad} non-200 responses {dict(result.statuses)}")
+    finally:
+        backend_process.stop()
+    rate_without, rate_with = statistics.median(without_rates), statistics.median(with_rates)
+    print("=== GATEWAY OVERHEAD (Envoy --concurrency 1, fixed-response backends, "
+          f"{ns.connections} connections, {duration:g}s x {rounds} rounds) ===")
+    print(f"{'gateway':<26} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    p_without = statistics.median(p[0] for p in without_p), statistics.median(p[1] for p in without_p)
+    p_with = statistics.median(p[0] for p in with_p), statistics.median(p[1] for p in with_p)
+    print(f"{'Envoy alone':<26} {rate_without:>9.0f} {p_without[0] * 1e3:>8.2f} {p_without[1] * 1e3:>8.2f}")
+    print(f"{'Envoy + ext_proc':<26} {rate_with:>9.0f} {p_with[0] * 1e3:>8.2f} {p_with[1] * 1e3:>8.2f}")
+    ratio = rate_with / rate_without if rate_without else float("nan")
+    print(f"rate ratio (with / without): {ratio:.2f}x")
+    report.update(rate_without=rate_without, rate_with=rate_with, ratio=ratio, p_without=p_without, p_with=p_with)
+
+    print("\n=== ROUTING DECISION TIME (in-process: parse body + route + build response) ===")
+    print(f"{'active workflows':>16} {'p50 us':>8} {'p99 us':>8}")
+    decision: dict[str, tuple[float, float]] = {}
+    for active in (1_000, 10_000, 100_000):
+        if ns.quick and active > 10_000:
+            break
+        p50, p99 = routing_decision_times(active, samples=2_000 if ns.quick else 20_000)
+        decision[str(active)] = (p50, p99)
+        print(f"{active:>16} {p50 * 1e6:>8.1f} {p99 * 1e6:>8.1f}")
+    report["routing_decision_s"] = decision
+    if ns.json_out:
+        ns.json_out.parent.mkdir(parents=True, exist_ok=True)
+        ns.json_out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="gwbench-")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Shared fixtures: the real local stack (Envoy + ext_proc + A2A + simulated vLLM), all on port 0."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from benchmarks.stack import Stack, StackOptions
+
+# Simulated GPU time runs 100x faster than real time: the cache and batching logic is unchanged.
+TEST_TIME_SCALE = 0.01
+
+
+def stack_options(**overrides: object) -> StackOptions:
+    base: dict[str, object] = {
+        "instances": 3, "listen_port": 0, "admin_port": 0, "time_scale": TEST_TIME_SCALE,
+        "envoy_concurrency": 1, "log_level": "warning", "with_a2a": False,
+    }
+    base.update(overrides)
+    return StackOptions(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    """One stack shared by the read-mostly end-to-end tests (each uses its own workflow ids)."""
+    with Stack(stack_options()) as running:
+        yield running

@@ -1,0 +1,50 @@
+import orjson
+
+from extproc.routing.inflight import InFlight
+from extproc.routing.policy import Router
+from extproc.routing.workflows import WorkflowTable
+from extproc.usage import TailBuffer, Usage, extract_usage
+
+
+def test_non_streaming_usage() -> None:
+    body = orjson.dumps({"choices": [{"text": "hi"}], "usage": {
+        "prompt_tokens": 120, "completion_tokens": 7, "total_tokens": 127,
+        "prompt_tokens_details": {"cached_tokens": 96}}})
+    assert extract_usage(body) == Usage(120, 7, 96)
+
+
+def test_streaming_usage_is_the_last_chunk() -> None:
+    chunks = [b'data: {"choices":[{"text":"a"}],"usage":null}\n\n' for _ in range(50)]
+    chunks.append(b'data: {"choices":[],"usage":{"prompt_tokens":64,"completion_tokens":50,'
+                  b'"prompt_tokens_details":{"cached_tokens":48}}}\n\n')
+    chunks.append(b"data: [DONE]\n\n")
+    tail = TailBuffer(limit=512)
+    for chunk in chunks:
+        tail.feed(chunk)
+    assert len(tail.data) <= 512
+    assert extract_usage(tail.data) == Usage(64, 50, 48)
+
+
+def test_no_usage() -> None:
+    assert extract_usage(b'{"choices": []}') is None
+    assert extract_usage(b'data: {"usage": null}') is None
+    assert extract_usage(b"") is None
+
+
+def test_missing_details_means_zero_cached() -> None:
+    assert extract_usage(b'{"usage": {"prompt_tokens": 5, "completion_tokens": 1}}') == Usage(5, 1, 0)
+
+
+def test_inflight_counts_load_until_finished() -> None:
+    router = Router(["a", "b"], WorkflowTable(100, 100))
+    inflight = InFlight(router, max_age=10.0)
+    first = inflight.start("a", 0.0)
+    second = inflight.start("a", 0.0)
+    assert router.outstanding == {"a": 2, "b": 0}
+    assert inflight.instance_of(first) == "a"
+    assert inflight.finish(first) == "a"
+    assert inflight.finish(first) is None  # idempotent
+    assert router.outstanding["a"] == 1
+    inflight.start("b", 20.0)  # sweeps the abandoned second request
+    assert inflight.abandoned == 1 and router.outstanding == {"a": 0, "b": 1}
+    assert inflight.finish(second) is None
