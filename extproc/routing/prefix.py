@@ -1,0 +1,85 @@
+"""Approximate prefix index over request text, learned from this server's own routing decisions.
+
+Like the Gateway API Inference Extension's prefix scorer: the prompt's UTF-8 bytes are cut into blocks of
+``block_bytes`` (16 tokens × ~4 bytes, matching vLLM's 16-token KV blocks), each block's hash chains its
+parent's, and every instance keeps an LRU of the block hashes of the prompts routed to it, bounded
+by ``capacity_blocks``. A lookup walks the prompt's chain and reports, per instance, how many leading blocks it
+has seen — an estimate of how much of the prompt that instance still holds in its prefix cache.
+
+The chained hash is ``zlib.crc32(block, parent)``, i.e. the CRC-32 of the whole prefix up to that block:
+~0.4 µs per block, 5x cheaper than hashing tuples. At 32 bits, a false match needs a collision among the
+blocks an instance remembers (~1e-5 per probe at the default capacity); a rare false match only costs one
+less-than-ideal placement.
+
+Cost: O(prompt length) hashing plus one dict probe per block and instance. Memory: at most ``capacity_blocks``
+entries per instance, ~140 bytes each (measured with tracemalloc), reported in a metric.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
+
+DEFAULT_BLOCK_BYTES = 64
+DEFAULT_CAPACITY_BLOCKS = 31_250  # the GIE default per pod
+# Only the start of very long prompts is indexed: matching cost stays bounded.
+DEFAULT_MAX_BLOCKS = 2_048
+BYTES_PER_ENTRY = 140  # an OrderedDict entry with an int key (tracemalloc, 100k entries)
+
+
+def block_hashes(text: str, block_bytes: int = DEFAULT_BLOCK_BYTES, max_blocks: int = DEFAULT_MAX_BLOCKS) -> list[int]:
+    """Chained hashes of the full blocks of ``text`` (a trailing partial block is not cached by vLLM either)."""
+    data = memoryview(text.encode())
+    end = min(len(data) // block_bytes, max_blocks) * block_bytes
+    hashes: list[int] = []
+    parent = 0
+    crc32 = zlib.crc32
+    for start in range(0, end, block_bytes):
+        parent = crc32(data[start:start + block_bytes], parent)
+        hashes.append(parent)
+    return hashes
+
+
+class PrefixIndex:
+    def __init__(self, instances: Sequence[str], capacity_blocks: int = DEFAULT_CAPACITY_BLOCKS) -> None:
+        self.capacity_blocks = capacity_blocks
+        self._blocks: dict[str, OrderedDict[int, None]] = {i: OrderedDict() for i in instances}
+
+    def match(self, hashes: Sequence[int]) -> dict[str, int]:
+        """Leading blocks of the chain each instance has seen."""
+        matches: dict[str, int] = {}
+        for instance, blocks in self._blocks.items():
+            count = 0
+            for h in hashes:
+                if h not in blocks:
+                    break
+                count += 1
+            matches[instance] = count
+        return matches
+
+    def learn(self, instance: str, hashes: Sequence[int]) -> None:
+        """Record that ``instance`` now holds this prompt's blocks (most recently used)."""
+        blocks = self._blocks[instance]
+        # Tail first, so a prompt's leading blocks are the most recent and eviction trims chains from their
+        # end (as vLLM frees a request's blocks tail-first) instead of breaking them at the start.
+        for h in reversed(hashes):
+            if h in blocks:
+                blocks.move_to_end(h)
+            else:
+                blocks[h] = None
+        while len(blocks) > self.capacity_blocks:
+            blocks.popitem(last=False)
+
+    def forget(self, instance: str) -> None:
+        """The instance restarted or died: its cache is gone."""
+        self._blocks[instance].clear()
+
+    def size(self, instance: str) -> int:
+        return len(self._blocks[instance])
+
+    def entries(self) -> int:
+        return sum(len(b) for b in self._blocks.values())
+
+    def approx_bytes(self) -> int:
+        return self.entries() * BYTES_PER_ENTRY
