@@ -1,0 +1,151 @@
+"""``python -m benchmarks.simulator`` / ``vllm-sim``: one simulated vLLM server.
+
+Every flag can also come from the environment: ``VLLM_SIM_`` + the flag name upper-cased with dashes as
+underscores (``--time-scale`` -> ``VLLM_SIM_TIME_SCALE``). Precedence: flag > environment > profile file.
+With ``--port 0`` the OS picks a free port; the process prints ``VLLM_SIM_LISTENING port=<port>`` on stdout
+once it accepts requests. Logs are JSON lines on stderr; prompts are never logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+from .config import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_RECORDED_REQUESTS,
+    DEFAULT_NAME,
+    DEFAULT_PORT,
+    DEFAULT_SEED,
+    DEFAULT_SHUTDOWN_GRACE_S,
+    DEFAULT_TIME_SCALE,
+    ENV_PREFIX,
+    SimConfig,
+)
+from .profile import DEFAULT_PROFILE, load_profile, profile_field_types
+from .server import serve
+
+__all__ = ["build_config", "main", "parse_args"]
+
+# Profile fields that get their own flag (``model`` is set with --model, which names the served model).
+_PROFILE_FLAGS = [name for name in profile_field_types() if name != "model"]
+
+
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vllm-sim",
+        description="A simulated vLLM OpenAI-compatible server (continuous batching, prefix cache, metrics).",
+        epilog=f"Every flag also reads {ENV_PREFIX}<FLAG> from the environment, e.g. {ENV_PREFIX}PORT=0, "
+        f"{ENV_PREFIX}TIME_SCALE=0.01, {ENV_PREFIX}NUM_GPU_BLOCKS=4096.",
+    )
+
+    def add(flag: str, kind: type, default: Any, help_: str) -> None:
+        env_name = _env_name(flag)
+        p.add_argument(
+            flag,
+            type=kind,
+            default=env.get(env_name, default),
+            help=f"{help_} [env {env_name}; default {default}]",
+        )
+
+    add("--host", str, DEFAULT_HOST, "address to bind")
+    add("--port", int, DEFAULT_PORT, "port to bind; 0 = any free port (printed on stdout)")
+    add("--name", str, DEFAULT_NAME, "instance name (x-sim-instance header, logs, /sim/stats)")
+    add("--model", str, None, "served model name (default: the profile's model)")
+    add("--profile", str, DEFAULT_PROFILE, "packaged profile name or path to a profile TOML")
+    add("--time-scale", float, DEFAULT_TIME_SCALE, "wall seconds per simulated second; 0 = never sleep")
+    add("--seed", int, DEFAULT_SEED, "seed of the one RNG (generated text, jitter, injected failures)")
+    add("--max-recorded-requests", int, DEFAULT_MAX_RECORDED_REQUESTS, "request bodies kept for /sim/requests")
+    add("--shutdown-grace", float, DEFAULT_SHUTDOWN_GRACE_S, "seconds in-flight requests get on SIGTERM")
+    add("--log-level", str, "info", "debug, info, warning or error")
+    for name, kind in profile_field_types().items():
+        if name in _PROFILE_FLAGS:
+            add("--" + name.replace("_", "-"), kind, None, f"override the profile's {name}")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> argparse.Namespace:
+    return _parser(os.environ if env is None else env).parse_args(argv)
+
+
+def build_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> SimConfig:
+    """Flags + environment -> a validated :class:`SimConfig`. Raises ``ValueError`` or ``SystemExit``."""
+    args = parse_args(argv, env)
+    types = profile_field_types()
+    overrides = {name: types[name](getattr(args, name)) for name in _PROFILE_FLAGS if getattr(args, name) is not None}
+    profile = load_profile(args.profile, **overrides)
+    return SimConfig(
+        profile=profile,
+        name=args.name,
+        served_model_name=args.model or None,
+        time_scale=float(args.time_scale),
+        seed=int(args.seed),
+        max_recorded_requests=int(args.max_recorded_requests),
+        host=args.host,
+        port=int(args.port),
+        shutdown_grace_s=float(args.shutdown_grace),
+        log_level=str(args.log_level).lower(),
+    ).validate()
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level"})
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _runner() -> asyncio.Runner:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = build_config(argv)
+    except ValueError as exc:
+        print(f"vllm-sim: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(config.log_level)
+    logging.getLogger(__name__).info(
+        "starting",
+        extra={
+            "instance": config.name,
+            "model": config.model_name,
+            "time_scale": config.time_scale,
+            "profile": {k: getattr(config.profile, k) for k in profile_field_types()},
+        },
+    )
+    # uvicorn handles SIGTERM/SIGINT while serving and re-raises the signal once it has shut down; make that
+    # re-raise a no-op so a graceful shutdown exits with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    try:
+        with _runner() as runner:
+            runner.run(serve(config))
+    except OSError as exc:
+        logging.getLogger(__name__).error("cannot serve", extra={"error": str(exc)})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

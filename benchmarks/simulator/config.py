@@ -1,0 +1,66 @@
+"""Defaults and the settings of one simulator instance (the CLI, the stack launcher and tests build these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .profile import Profile, load_profile
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_RECORDED_REQUESTS",
+    "DEFAULT_NAME",
+    "DEFAULT_PORT",
+    "DEFAULT_SEED",
+    "DEFAULT_SHUTDOWN_GRACE_S",
+    "DEFAULT_TIME_SCALE",
+    "ENV_PREFIX",
+    "INSTANCE_HEADER",
+    "LISTENING_MARKER",
+    "SimConfig",
+]
+
+ENV_PREFIX = "VLLM_SIM_"
+INSTANCE_HEADER = "x-sim-instance"
+# Printed on stdout once the socket listens, so a parent process can learn the port chosen for --port 0.
+LISTENING_MARKER = "VLLM_SIM_LISTENING"
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8101
+DEFAULT_NAME = "vllm-sim"
+DEFAULT_TIME_SCALE = 1.0
+DEFAULT_SEED = 0
+DEFAULT_MAX_RECORDED_REQUESTS = 1000
+DEFAULT_SHUTDOWN_GRACE_S = 3.0
+
+
+@dataclass(slots=True, frozen=True)
+class SimConfig:
+    """One simulated vLLM server. ``served_model_name`` defaults to the profile's model."""
+
+    profile: Profile = field(default_factory=load_profile)
+    name: str = DEFAULT_NAME
+    served_model_name: str | None = None
+    time_scale: float = DEFAULT_TIME_SCALE
+    seed: int = DEFAULT_SEED
+    max_recorded_requests: int = DEFAULT_MAX_RECORDED_REQUESTS
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
+    log_level: str = "info"
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.profile.model
+
+    def validate(self) -> SimConfig:
+        self.profile.validate()
+        if self.time_scale < 0:
+            raise ValueError("time_scale must be >= 0")
+        if self.max_recorded_requests < 0:
+            raise ValueError("max_recorded_requests must be >= 0")
+        if not 0 <= self.port < 65536:
+            raise ValueError("port must be in [0, 65535]")
+        if not self.name:
+            raise ValueError("name must not be empty")
+        return self
