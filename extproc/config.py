@@ -34,6 +34,12 @@ DEFAULT_MAX_WORKFLOWS = 1000
 DEFAULT_BATCHING_PREFERENCE = 0.8
 DEFAULT_BACKENDS = "vllm-1,vllm-2,vllm-3"
 DEFAULT_GRACE_S = 5.0
+DEFAULT_POLL_INTERVAL_S = 0.1
+DEFAULT_POLL_TIMEOUT_S = 0.5
+DEFAULT_PREFIX_CAPACITY_BLOCKS = 31_250
+# Consecutive failed responses (502/503/504 from Envoy) after which an instance is marked down until its next
+# successful health poll.
+FAILURES_TO_MARK_DOWN = 3
 
 # --- limits -------------------------------------------------------------------------------------------------
 MAX_ID_LENGTH = 256
@@ -81,6 +87,10 @@ class Settings:
     batching_preference: float = DEFAULT_BATCHING_PREFERENCE
     keep_workflow_metadata: bool = False
     a2a_url: str | None = None
+    poll_interval: float = DEFAULT_POLL_INTERVAL_S
+    poll_timeout: float = DEFAULT_POLL_TIMEOUT_S
+    prefix_routing: bool = True
+    prefix_capacity_blocks: int = DEFAULT_PREFIX_CAPACITY_BLOCKS
     grace_period: float = DEFAULT_GRACE_S
     log_level: str = "info"
 
@@ -91,6 +101,10 @@ class Settings:
             raise ValueError("--max-workflows must be >= 1")
         if not 0.0 <= self.batching_preference <= 1.0:
             raise ValueError("--batching-preference must be within 0.0..1.0")
+        if self.poll_interval <= 0 or self.poll_timeout <= 0:
+            raise ValueError("--poll-interval and --poll-timeout must be > 0")
+        if self.prefix_capacity_blocks < 1:
+            raise ValueError("--prefix-capacity-blocks must be >= 1")
         if not self.cluster_header or self.cluster_header.lower() != self.cluster_header:
             raise ValueError("--cluster-header must be a non-empty lower-case header name")
         return self
@@ -131,10 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batching-preference", type=float, default=_env("batching-preference", DEFAULT_BATCHING_PREFERENCE),
         help="0.0-1.0: how strongly workflow affinity wins over load balance")
     add("--keep-workflow-metadata", type=_bool, nargs="?", const=True,
-        default=_bool(_env("keep-workflow-metadata", False) or False),
+        default=_bool(_env("keep-workflow-metadata", False) or ""),
         help="forward workflow_metadata to the backend instead of stripping it from the body")
     add("--a2a-url", default=_env("a2a-url", None),
         help="gRPC address (host:port) of the A2A service to report routed requests to; unset = no reports")
+    add("--poll-interval", type=float, default=_env("poll-interval", DEFAULT_POLL_INTERVAL_S),
+        help="seconds between scrapes of each backend's /health and /metrics (backends need =url)")
+    add("--poll-timeout", type=float, default=_env("poll-timeout", DEFAULT_POLL_TIMEOUT_S),
+        help="seconds before a scrape counts as failed (instance marked down)")
+    add("--prefix-routing", type=_bool, nargs="?", const=True, default=_bool(_env("prefix-routing", True) or ""),
+        help="route requests without workflow metadata by prompt-prefix match + load (false: least-loaded)")
+    add("--prefix-capacity-blocks", type=int,
+        default=_env("prefix-capacity-blocks", DEFAULT_PREFIX_CAPACITY_BLOCKS),
+        help="prefix-index blocks remembered per instance (LRU; ~140 bytes each)")
     add("--grace-period", type=float, default=_env("grace-period", DEFAULT_GRACE_S),
         help="seconds to drain in-flight streams on SIGTERM")
     add("--log-level", default=_env("log-level", "info"), choices=["debug", "info", "warning", "error"])
@@ -154,6 +177,10 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         batching_preference=ns.batching_preference,
         keep_workflow_metadata=ns.keep_workflow_metadata,
         a2a_url=ns.a2a_url or None,
+        poll_interval=ns.poll_interval,
+        poll_timeout=ns.poll_timeout,
+        prefix_routing=ns.prefix_routing,
+        prefix_capacity_blocks=ns.prefix_capacity_blocks,
         grace_period=ns.grace_period,
         log_level=ns.log_level,
     ).validate()

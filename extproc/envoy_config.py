@@ -38,6 +38,7 @@ EXTPROC_CLUSTER = "extproc"
 ROUTER_FILTER = "envoy.filters.http.ext_proc"
 OBSERVER_FILTER = "workflow.ext_proc.observer"
 A2A_CLUSTER = "a2a"
+RETRIES = 2
 # Gateway-generated errors become JSON like our own 400s: clients parse one error shape.
 JSON_ERROR_CODES = (413, 429, 500, 502, 503, 504)
 
@@ -75,17 +76,26 @@ def _address(endpoint: Endpoint) -> dict[str, Any]:
     return {"socket_address": {"address": endpoint.host, "port_value": endpoint.port}}
 
 
-def _cluster(name: str, endpoints: Sequence[Endpoint], *, http2: bool = False) -> dict[str, Any]:
+def _cluster(
+    name: str, endpoints: Sequence[Endpoint], *, http2: bool = False,
+    failover: Sequence[tuple[str, Endpoint]] = (),
+) -> dict[str, Any]:
+    locality_endpoints: list[dict[str, Any]] = [
+        {"lb_endpoints": [{"endpoint": {"address": _address(e), "hostname": name}} for e in endpoints]}
+    ]
+    if failover:
+        # The other instances, at priority 1: used only when this instance is ejected (outlier detection) or by
+        # a retry (previous_priorities), so a request that hits a just-died instance is not lost.
+        locality_endpoints.append({
+            "priority": 1,
+            "lb_endpoints": [{"endpoint": {"address": _address(e), "hostname": other}} for other, e in failover],
+        })
     cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "lb_policy": "ROUND_ROBIN",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(e), "hostname": name}}
-                                            for e in endpoints]}],
-        },
+        "load_assignment": {"cluster_name": name, "endpoints": locality_endpoints},
         # Envoy's default of 1024 concurrent requests per cluster is far below an LLM fleet's concurrency.
         "circuit_breakers": {
             "thresholds": [
@@ -94,6 +104,14 @@ def _cluster(name: str, endpoints: Sequence[Endpoint], *, http2: bool = False) -
             ]
         },
     }
+    if failover:
+        cluster["outlier_detection"] = {
+            "consecutive_gateway_failure": 2,
+            "consecutive_5xx": 5,
+            "interval": "1s",
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 100,
+        }
     if http2:
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -102,6 +120,30 @@ def _cluster(name: str, endpoints: Sequence[Endpoint], *, http2: bool = False) -
             }
         }
     return cluster
+
+
+def _retry_policy() -> dict[str, Any]:
+    # Retry only failures where the instance is gone (connection refused/reset), on another priority, i.e.
+    # another instance: a dead instance costs a retry, not a failed request. A reset after the response
+    # started is not retried by Envoy (the client sees the cut stream).
+    return {
+        "retry_on": "connect-failure,refused-stream,reset",
+        "num_retries": RETRIES,
+        "retry_priority": {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3."
+                "PreviousPrioritiesConfig",
+                "update_frequency": 1,
+            },
+        },
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                             "PreviousHostsPredicate"},
+        }],
+        "host_selection_retry_max_attempts": 5,
+    }
 
 
 def _local_reply_config() -> dict[str, Any]:
@@ -154,7 +196,8 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
         {
             "name": "routed-by-extproc",
             "match": {"prefix": "/", "headers": [{"name": options.cluster_header, "present_match": True}]},
-            "route": {"cluster_header": options.cluster_header, "timeout": _duration(options.upstream_timeout_s)},
+            "route": {"cluster_header": options.cluster_header, "timeout": _duration(options.upstream_timeout_s),
+                      "retry_policy": _retry_policy()},
             "response_headers_to_add": served_by,
         },
         {
@@ -164,6 +207,7 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
             "route": {
                 "weighted_clusters": {"clusters": [{"name": n, "weight": 1} for n in cluster_names]},
                 "timeout": _duration(options.upstream_timeout_s),
+                "retry_policy": _retry_policy(),
             },
             "response_headers_to_add": served_by,
         },
@@ -236,7 +280,10 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
         "http_filters": http_filters,
         "local_reply_config": _local_reply_config(),
     }
-    clusters = [_cluster(name, [endpoint]) for name, endpoint in options.backends]
+    clusters = [
+        _cluster(name, [endpoint], failover=[(n, e) for n, e in options.backends if n != name])
+        for name, endpoint in options.backends
+    ]
     if options.ext_proc_enabled:
         clusters.append(_cluster(EXTPROC_CLUSTER, options.extproc, http2=True))
     if options.a2a is not None:

@@ -53,6 +53,31 @@ class RoutingInput:
     metadata: WorkflowMetadata | None
     # The body to forward when it must change (metadata stripped); None = forward unchanged.
     rewritten_body: bytes | None = None
+    # The prompt as text, for prefix-aware routing of requests that have no workflow affinity.
+    prompt_text: str = ""
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """The text a prefix cache sees first: the completion prompt, or the chat messages in order."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+        return prompt[0]  # a batch: route on its first prompt
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return ""
+    parts: list[str] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        parts.append(str(message.get("role", "")))
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts += [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return "\n".join(parts)
 
 
 def _check_id(value: Any, param: str, *, required: bool) -> str | None:
@@ -140,11 +165,13 @@ def parse_llm_body(
         raise BadRequest(
             f"request body must be a JSON object, got {type(body).__name__}", None, "invalid_json"
         )
-    if METADATA_FIELD not in body:
-        return RoutingInput(header_metadata)
-    obj = body[METADATA_FIELD]
-    metadata = header_metadata if obj is None else parse_metadata(obj)
-    if not strip_metadata:
-        return RoutingInput(metadata)
+    if METADATA_FIELD in body:
+        obj = body[METADATA_FIELD]
+        metadata = header_metadata if obj is None else parse_metadata(obj)
+    else:
+        metadata = header_metadata
+    text = prompt_text(body) if metadata is None or not metadata.wants_affinity else ""
+    if not strip_metadata or METADATA_FIELD not in body:
+        return RoutingInput(metadata, None, text)
     del body[METADATA_FIELD]
-    return RoutingInput(metadata, orjson.dumps(body))
+    return RoutingInput(metadata, orjson.dumps(body), text)

@@ -19,7 +19,7 @@ from extproc.usage import Usage
 
 # Routing decisions take microseconds; the buckets resolve 10 µs .. 100 ms.
 LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1)
-REASONS = ("affinity", "new_workflow", "failover", "no_metadata")
+REASONS = ("affinity", "new_workflow", "failover", "rebalance", "prefix", "no_metadata")
 
 
 class _RouterCollector(Collector):
@@ -44,6 +44,16 @@ class _RouterCollector(Collector):
             healthy.add_metric([instance], 1.0 if instance in self.router.healthy else 0.0)
         yield outstanding
         yield healthy
+        index = self.router.prefix_index
+        if index is not None:
+            yield GaugeMetricFamily("extproc_prefix_index_entries", "Block hashes held by the prefix index",
+                                    value=index.entries())
+            yield GaugeMetricFamily("extproc_prefix_index_bytes", "Approximate memory of the prefix index",
+                                    value=index.approx_bytes())
+        load = GaugeMetricFamily("extproc_instance_load", "Load score the routing policy uses", labels=["instance"])
+        for instance in self.router.instances:
+            load.add_metric([instance], self.router.load(instance))
+        yield load
         yield CounterMetricFamily("extproc_inflight_abandoned",
                                   "Routed requests whose end was never observed by this replica",
                                   value=self.inflight.abandoned)

@@ -13,11 +13,13 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import disable_created_metrics, start_http_server
 
+from extproc.backends import BackendPoller
 from extproc.config import INFLIGHT_MAX_AGE_S, Settings
 from extproc.metrics import Metrics
 from extproc.reporting import NullReporter, Reporter
 from extproc.routing.inflight import InFlight
 from extproc.routing.policy import Router
+from extproc.routing.prefix import PrefixIndex
 from extproc.routing.workflows import WorkflowTable
 from extproc.servicer import ExtProcServicer
 
@@ -34,6 +36,7 @@ class Running:
     router: Router
     metrics: Metrics
     reporter: Reporter
+    poller: BackendPoller
     grpc_port: int
     metrics_port: int
 
@@ -49,7 +52,9 @@ def build_reporter(settings: Settings) -> Reporter:
 async def start(settings: Settings, reporter: Reporter | None = None) -> Running:
     disable_created_metrics()  # the *_created series double the exposition for no use here
     table = WorkflowTable(settings.workflow_ttl, settings.max_workflows)
-    router = Router([b.cluster for b in settings.backends], table)
+    instances = [b.cluster for b in settings.backends]
+    prefix_index = PrefixIndex(instances, settings.prefix_capacity_blocks) if settings.prefix_routing else None
+    router = Router(instances, table, batching_preference=settings.batching_preference, prefix_index=prefix_index)
     inflight = InFlight(router, INFLIGHT_MAX_AGE_S)
     metrics = Metrics(router, inflight)
     reporter = reporter if reporter is not None else build_reporter(settings)
@@ -71,11 +76,15 @@ async def start(settings: Settings, reporter: Reporter | None = None) -> Running
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     http_server, _thread = start_http_server(settings.metrics_port, settings.host, registry=metrics.registry)
     metrics_port = http_server.server_port
+    poller = BackendPoller(settings.backends, interval=settings.poll_interval, timeout=settings.poll_timeout,
+                           publish=router.publish, on_change=router.set_healthy)
+    await poller.start()
+    metrics.registry.register(poller.collector())
     start_reporter = getattr(reporter, "start", None)
     if start_reporter is not None:
         await start_reporter()
         metrics.registry.register(reporter.collector())  # type: ignore[attr-defined]
-    return Running(server, health_servicer, router, metrics, reporter, grpc_port, metrics_port)
+    return Running(server, health_servicer, router, metrics, reporter, poller, grpc_port, metrics_port)
 
 
 async def serve(settings: Settings) -> None:
@@ -98,6 +107,7 @@ async def serve(settings: Settings) -> None:
     # Streams in flight finish (they take microseconds); new ones are refused, Envoy retries elsewhere or
     # applies failure_mode_allow.
     await running.server.stop(settings.grace_period)
+    await running.poller.stop()
     stop_reporter = getattr(running.reporter, "stop", None)
     if stop_reporter is not None:
         await stop_reporter()

@@ -21,13 +21,21 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from extproc.config import AGENT_ID_HEADER, LLM_PATHS, ROUTE_ID_HEADER, WORKFLOW_ID_HEADER, Settings
+from extproc.config import (
+    AGENT_ID_HEADER,
+    FAILURES_TO_MARK_DOWN,
+    LLM_PATHS,
+    ROUTE_ID_HEADER,
+    WORKFLOW_ID_HEADER,
+    Settings,
+)
 from extproc.errors import BadRequest
 from extproc.metadata import RoutingInput, WorkflowMetadata, metadata_from_headers, parse_llm_body
 from extproc.metrics import Metrics
 from extproc.reporting import Reporter
 from extproc.routing.inflight import InFlight
 from extproc.routing.policy import Decision, Router
+from extproc.routing.prefix import block_hashes
 from extproc.usage import TailBuffer, extract_usage
 
 log = logging.getLogger("extproc")
@@ -102,6 +110,9 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         self.clock = clock
         self.strip_metadata = not settings.keep_workflow_metadata
         self.cluster_header = settings.cluster_header
+        self.prefix_routing = settings.prefix_routing
+        # Consecutive gateway failures per instance (passive health checking between polls).
+        self.failures: dict[str, int] = dict.fromkeys(router.instances, 0)
         self._router_headers = frozenset({":path", WORKFLOW_ID_HEADER, AGENT_ID_HEADER, "x-request-id"})
         self._observer_headers = frozenset(
             {ROUTE_ID_HEADER, settings.cluster_header, WORKFLOW_ID_HEADER, AGENT_ID_HEADER, "x-request-id"}
@@ -177,7 +188,8 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
     def _route(self, common: pb.CommonResponse, routing: RoutingInput, stream: _Stream, started: float) -> None:
         metadata = routing.metadata
         now = self.clock()
-        decision = self.router.route(metadata, now)
+        blocks = block_hashes(routing.prompt_text) if self.prefix_routing and routing.prompt_text else ()
+        decision = self.router.route(metadata, now, blocks)
         instance = decision.instance
         stream.instance = instance
         route_id = self.inflight.start(instance, now)
@@ -200,10 +212,11 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         metrics = self.metrics
         metrics.routing_latency.observe(elapsed)
         if decision.workflow_id is None:
-            reason = "no_metadata"
+            reason = "prefix" if decision.prefix_blocks else "no_metadata"
         else:
             metrics.total_requests.inc()
-            reason = "affinity" if decision.affinity_hit else "failover" if decision.failover else "new_workflow"
+            reason = ("affinity" if decision.affinity_hit else "failover" if decision.failover
+                      else "rebalance" if decision.rebalanced else "new_workflow")
             self.reporter.routed(stream.request_id, decision, metadata, elapsed)
         metrics.decisions[decision.instance, reason].inc()
         if log.isEnabledFor(logging.DEBUG):
@@ -235,6 +248,15 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                 # Envoy closes observer streams lazily: the response's end is the request's end.
                 self._finish(stream)
 
+    def _passive_health(self, instance: str, status: int) -> None:
+        if status in (502, 503, 504):
+            self.failures[instance] += 1
+            if self.failures[instance] == FAILURES_TO_MARK_DOWN:
+                log.warning("instance marked down after failed responses", extra={"instance": instance})
+                self.router.set_healthy(instance, False)  # until its next successful health poll
+        elif status:
+            self.failures[instance] = 0
+
     def _finish(self, stream: _Stream) -> None:
         if stream.route_id is not None:
             self.inflight.finish(stream.route_id)
@@ -242,6 +264,8 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         usage = extract_usage(stream.tail.data) if stream.status == 200 else None
         stream.tail = None
         instance = stream.instance or ""
+        if instance in self.failures:
+            self._passive_health(instance, stream.status)
         if usage is not None:
             self.metrics.usage(instance, usage)
         if stream.workflow_id is not None:

@@ -1,19 +1,46 @@
-"""Instance selection: sticky per workflow, least-loaded for new workflows and metadata-less requests.
+"""Instance selection: sticky per workflow within a load bound, load-aware placement, prefix-aware fallback.
 
-Load here is the number of requests this server routed to an instance that have not finished yet
-("outstanding"). Ties between equally loaded instances are broken by rendezvous (highest-random-weight)
-hashing of the workflow id, so the same new workflow picks the same instance on every replica and
-restarts, and different workflows spread evenly.
+**Load** of an instance = max(requests this server routed there and has not seen finish, running + waiting
+requests the instance last reported) + its waiting requests again (a queue means the instance is saturated,
+so it weighs double). The local count reacts within microseconds; the scraped figures see other replicas'
+traffic.
+
+**New workflow** → the least-loaded healthy instance, skipping instances whose KV cache is full
+(``kv_usage >= KV_FULL`` with requests waiting) while others are not; ties are broken by rendezvous hashing of
+the workflow id, so replicas and restarts make the same choice and workflows spread evenly.
+
+**Known workflow** → its instance, while that instance is healthy and its load stays within the bound
+
+    load(home) <= (1 + priority * p / (1 - p)) * mean_load + LOAD_ALLOWANCE        p = --batching-preference
+
+(consistent hashing with bounded loads, Mirrokni et al. 2018, with the slack set by p). p = 0.8 (default)
+tolerates 5x the mean load before giving up a warm cache; p = 1.0 never leaves a healthy instance; p = 0.0
+sends every request to the least-loaded instance (pure load balancing, the workflow's instance preferred on
+ties). Beyond the bound the workflow **migrates** to the least-loaded instance (reason ``rebalance``): its
+cache there is cold once, then warm again, whereas spilling single requests would make every spilled request
+cold. ``workflow_priority`` scales the slack: a priority-2 workflow keeps its warm instance under twice the
+imbalance a priority-1 workflow would.
+
+**No metadata** (or ``context_sharing_strategy: none``) → weighted scorers like the Gateway API Inference
+Extension's picker: 3 x prefix match (leading prompt blocks this instance was sent recently / prompt blocks)
++ 2 x queue (1 - load / max load) + 2 x KV headroom (1 - kv_usage); ties rotate.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from extproc.backends import BackendLoad
 from extproc.metadata import WorkflowMetadata
+from extproc.routing.prefix import PrefixIndex
 from extproc.routing.workflows import WorkflowTable
+
+LOAD_ALLOWANCE = 2.0  # requests of imbalance always tolerated: no migrations at light load
+KV_FULL = 0.95
+PREFIX_WEIGHT, QUEUE_WEIGHT, KV_WEIGHT = 3.0, 2.0, 2.0
+_IDLE = BackendLoad()
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +49,9 @@ class Decision:
     workflow_id: str | None
     affinity_hit: bool  # the request went to the instance its workflow already had
     new_workflow: bool
-    failover: bool  # the workflow's instance was unavailable and it moved
+    failover: bool  # the workflow's instance was down and it moved
+    rebalanced: bool = False  # the workflow's instance was over the load bound and it moved
+    prefix_blocks: int = 0  # no-metadata requests: leading blocks the chosen instance was sent before
 
 
 def rendezvous_weight(key: str, instance: str) -> int:
@@ -31,16 +60,26 @@ def rendezvous_weight(key: str, instance: str) -> int:
 
 
 class Router:
-    def __init__(self, instances: Sequence[str], table: WorkflowTable) -> None:
+    def __init__(
+        self,
+        instances: Sequence[str],
+        table: WorkflowTable,
+        *,
+        batching_preference: float = 0.8,
+        prefix_index: PrefixIndex | None = None,
+    ) -> None:
         if not instances:
             raise ValueError("at least one instance is required")
         self.instances: tuple[str, ...] = tuple(instances)
         self.table = table
+        self.batching_preference = batching_preference
+        self.prefix_index = prefix_index
         self.outstanding: dict[str, int] = dict.fromkeys(self.instances, 0)
         self.healthy: set[str] = set(self.instances)
+        self.snapshot: Mapping[str, BackendLoad] = {}
         self._rotation = 0
 
-    # --- load bookkeeping ---------------------------------------------------------------------------------
+    # --- state fed by the shells ---------------------------------------------------------------------------
     def acquire(self, instance: str) -> None:
         self.outstanding[instance] += 1
 
@@ -49,39 +88,104 @@ class Router:
             self.outstanding[instance] -= 1
 
     def set_healthy(self, instance: str, healthy: bool) -> None:
+        if instance not in self.outstanding:
+            return
         if healthy:
             self.healthy.add(instance)
-        else:
+        elif instance in self.healthy:
             self.healthy.discard(instance)
+            if self.prefix_index is not None:
+                self.prefix_index.forget(instance)  # a dead instance's cache is gone
 
-    def _candidates(self) -> Iterable[str]:
+    def publish(self, snapshot: Mapping[str, BackendLoad]) -> None:
+        """Swap in the poller's latest immutable snapshot (one reference assignment)."""
+        self.snapshot = snapshot
+
+    # --- load ----------------------------------------------------------------------------------------------
+    def load(self, instance: str) -> float:
+        live = self.snapshot.get(instance, _IDLE)
+        return max(float(self.outstanding[instance]), live.running + live.waiting) + live.waiting
+
+    def _full(self, instance: str) -> bool:
+        live = self.snapshot.get(instance, _IDLE)
+        return live.kv_usage >= KV_FULL and live.waiting > 0
+
+    def _candidates(self) -> list[str]:
         # With every instance marked down, still try them all: Envoy's own health checks get the last word.
-        return [i for i in self.instances if i in self.healthy] or self.instances
+        return [i for i in self.instances if i in self.healthy] or list(self.instances)
 
-    def least_loaded(self, key: str | None) -> str:
-        candidates = list(self._candidates())
-        low = min(self.outstanding[i] for i in candidates)
-        tied = [i for i in candidates if self.outstanding[i] == low]
+    def least_loaded(self, key: str | None, prefer: str | None = None) -> str:
+        candidates = self._candidates()
+        roomy = [i for i in candidates if not self._full(i)] or candidates
+        loads = {i: self.load(i) for i in roomy}
+        low = min(loads.values())
+        tied = [i for i in roomy if loads[i] == low]
         if len(tied) == 1:
             return tied[0]
+        if prefer in tied:
+            return prefer
         if key is None:
             # Requests without a workflow rotate over the tie so idle fleets still spread evenly.
             self._rotation += 1
             return tied[self._rotation % len(tied)]
         return max(tied, key=lambda i: rendezvous_weight(key, i))
 
-    # --- the decision -------------------------------------------------------------------------------------
-    def route(self, metadata: WorkflowMetadata | None, now: float) -> Decision:
+    def _within_bound(self, home: str, priority: float) -> bool:
+        preference = self.batching_preference
+        if preference >= 1.0:
+            return True
+        candidates = self._candidates()
+        loads = [self.load(i) for i in candidates]
+        mean = sum(loads) / len(loads)
+        slack = priority * preference / (1.0 - preference)
+        return self.load(home) <= (1.0 + slack) * mean + LOAD_ALLOWANCE
+
+    # --- the decision --------------------------------------------------------------------------------------
+    def route(self, metadata: WorkflowMetadata | None, now: float, prompt_blocks: Sequence[int] = ()) -> Decision:
         if metadata is None or not metadata.wants_affinity:
             self.table.expire(now)
-            return Decision(self.least_loaded(None), None, False, False, False)
+            return self._route_without_workflow(prompt_blocks)
         workflow_id = metadata.workflow_id
         entry = self.table.get(workflow_id, now)
         if entry is not None and entry.instance in self.healthy:
-            entry.requests += 1
-            return Decision(entry.instance, workflow_id, True, False, False)
+            home = entry.instance
+            if self.batching_preference <= 0.0:
+                instance = self.least_loaded(workflow_id, prefer=home)
+            elif self._within_bound(home, metadata.workflow_priority):
+                instance = home
+            else:
+                instance = self.least_loaded(workflow_id, prefer=home)
+            if instance == home:
+                entry.requests += 1
+                return Decision(home, workflow_id, True, False, False)
+            self.table.assign(workflow_id, instance, now).requests += 1
+            return Decision(instance, workflow_id, False, False, False, rebalanced=True)
         failover = entry is not None
         instance = self.least_loaded(workflow_id)
         entry = self.table.assign(workflow_id, instance, now)
         entry.requests += 1
         return Decision(instance, workflow_id, False, not failover, failover)
+
+    def _route_without_workflow(self, blocks: Sequence[int]) -> Decision:
+        index = self.prefix_index
+        if index is None or not blocks:
+            return Decision(self.least_loaded(None), None, False, False, False)
+        candidates = self._candidates()
+        matches = index.match(blocks)
+        loads = {i: self.load(i) for i in candidates}
+        top_load = max(loads.values()) or 1.0
+        best: list[str] = []
+        best_score = -1.0
+        for i in candidates:
+            live = self.snapshot.get(i, _IDLE)
+            score = (PREFIX_WEIGHT * matches[i] / len(blocks)
+                     + QUEUE_WEIGHT * (1.0 - loads[i] / top_load)
+                     + KV_WEIGHT * (1.0 - live.kv_usage))
+            if score > best_score + 1e-9:
+                best, best_score = [i], score
+            elif abs(score - best_score) <= 1e-9:
+                best.append(i)
+        self._rotation += 1
+        instance = best[self._rotation % len(best)]
+        index.learn(instance, blocks)
+        return Decision(instance, None, False, False, False, prefix_blocks=matches[instance])

@@ -1,7 +1,7 @@
 """Approximate prefix index over request text, learned from this server's own routing decisions.
 
 Like the Gateway API Inference Extension's prefix scorer: the prompt's UTF-8 bytes are cut into blocks of
-``block_bytes`` (16 tokens × ~4 bytes, matching vLLM's 16-token KV blocks), each block's hash chains its
+``block_bytes`` (16 tokens x ~4 bytes, matching vLLM's 16-token KV blocks), each block's hash chains its
 parent's, and every instance keeps an LRU of the block hashes of the prompts routed to it, bounded
 by ``capacity_blocks``. A lookup walks the prompt's chain and reports, per instance, how many leading blocks it
 has seen — an estimate of how much of the prompt that instance still holds in its prefix cache.

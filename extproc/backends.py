@@ -1,0 +1,151 @@
+"""Live backend state: a poller scrapes each instance's ``/health`` and ``/metrics`` off the hot path and
+publishes an immutable snapshot that the routing policy reads.
+
+Works unchanged against real vLLM and the simulator: it reads vLLM's metric names
+(``vllm:num_requests_running``, ``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``; older vLLM
+releases call the last one ``vllm:gpu_cache_usage_perc``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from extproc.config import Backend
+
+log = logging.getLogger("extproc.backends")
+
+_GAUGES = {
+    "vllm:num_requests_running": "running",
+    "vllm:num_requests_waiting": "waiting",
+    "vllm:kv_cache_usage_perc": "kv_usage",
+    "vllm:gpu_cache_usage_perc": "kv_usage",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BackendLoad:
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_usage: float = 0.0
+    healthy: bool = True
+    scraped_at: float = 0.0
+
+
+def parse_vllm_metrics(text: str) -> dict[str, float]:
+    """The three load gauges from a Prometheus exposition (summed over label sets, e.g. several models)."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        name_end = line.find("{")
+        if name_end < 0:
+            name_end = line.find(" ")
+        field = _GAUGES.get(line[:name_end])
+        if field is None:
+            continue
+        try:
+            value = float(line.rsplit(" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        found[field] = found.get(field, 0.0) + value
+    return found
+
+
+class BackendPoller:
+    """Polls every ``interval`` seconds; calls ``on_change(name, healthy)`` with every instance's health."""
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        *,
+        interval: float,
+        timeout: float,
+        publish: Callable[[dict[str, BackendLoad]], None],
+        on_change: Callable[[str, bool], None],
+    ) -> None:
+        self.backends = [b for b in backends if b.url]
+        self.interval = interval
+        self.timeout = timeout
+        self.publish = publish
+        self.on_change = on_change
+        self.snapshot: dict[str, BackendLoad] = {}
+        self.polls = 0
+        self.failures = 0
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        if not self.backends:
+            return
+        self._client = httpx.AsyncClient(timeout=self.timeout,
+                                         limits=httpx.Limits(max_keepalive_connections=2 * len(self.backends)))
+        await self.poll_once()
+        self._task = asyncio.create_task(self._run(), name="backend-poller")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.poll_once()
+            except Exception:  # never let the poller die: routing would silently lose its load signal
+                log.exception("backend poll failed")
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    async def poll_once(self) -> None:
+        results = await asyncio.gather(*(self._poll(b) for b in self.backends))
+        snapshot = {b.cluster: load for b, load in zip(self.backends, results, strict=True)}
+        for name, load in snapshot.items():
+            previous = self.snapshot.get(name)
+            if previous is not None and previous.healthy != load.healthy:
+                log.warning("instance %s", "up" if load.healthy else "down", extra={"instance": name})
+            # Every poll, not only on change: a successful poll also clears a passive (failed-response) mark.
+            self.on_change(name, load.healthy)
+        self.snapshot = snapshot
+        self.publish(snapshot)
+
+    async def _poll(self, backend: Backend) -> BackendLoad:
+        assert self._client is not None and backend.url is not None
+        self.polls += 1
+        now = time.monotonic()
+        try:
+            health, metrics = await asyncio.gather(
+                self._client.get(f"{backend.url}/health"), self._client.get(f"{backend.url}/metrics")
+            )
+        except httpx.HTTPError:
+            self.failures += 1
+            return BackendLoad(healthy=False, scraped_at=now)
+        if health.status_code != 200:
+            self.failures += 1
+            return BackendLoad(healthy=False, scraped_at=now)
+        gauges = parse_vllm_metrics(metrics.text) if metrics.status_code == 200 else {}
+        return BackendLoad(healthy=True, scraped_at=now, **gauges)
+
+    def collector(self) -> Collector:
+        return _PollerCollector(self)
+
+
+class _PollerCollector(Collector):
+    def __init__(self, poller: BackendPoller) -> None:
+        self.poller = poller
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily("extproc_backend_polls", "Backend health/metrics scrapes", value=self.poller.polls)
+        yield CounterMetricFamily("extproc_backend_poll_failures", "Backend scrapes that failed",
+                                  value=self.poller.failures)
