@@ -9,20 +9,23 @@ traffic.
 (``kv_usage >= KV_FULL`` with requests waiting) while others are not; ties are broken by rendezvous hashing of
 the workflow id, so replicas and restarts make the same choice and workflows spread evenly.
 
-**Known workflow** → its instance, while that instance is healthy and its load stays within the bound
+**Known workflow** → its instance, while that instance is healthy and its imbalance stays within the slack
 
-    load(home) <= (1 + priority * p / (1 - p)) * mean_load + LOAD_ALLOWANCE        p = --batching-preference
+    load(home) - load(least-loaded healthy instance) <= IMBALANCE_UNIT * priority * p / (1 - p)
 
-(consistent hashing with bounded loads, Mirrokni et al. 2018, with the slack set by p). p = 0.8 (default)
-tolerates 5x the mean load before giving up a warm cache; p = 1.0 never leaves a healthy instance; p = 0.0
-sends every request to the least-loaded instance (pure load balancing, the workflow's instance preferred on
-ties). Beyond the bound the workflow **migrates** to the least-loaded instance (reason ``rebalance``): its
-cache there is cold once, then warm again, whereas spilling single requests would make every spilled request
-cold. ``workflow_priority`` scales the slack: a priority-2 workflow keeps its warm instance under twice the
-imbalance a priority-1 workflow would.
+with p = ``--batching-preference`` (like vllm-router's cache_aware imbalance threshold, but set by p). With the
+unit of 4 requests: p = 0.8 (default) tolerates an imbalance of 16 requests (a queue of 8, as waiting requests
+count double) before giving up a warm cache; p = 0.5 tolerates 4; p = 1.0 never leaves a healthy instance;
+p = 0.0 sends every request to the least-loaded instance (pure load balancing, the workflow's instance
+preferred on ties). An absolute imbalance, not a multiple of the mean: with 3 instances the busiest one is at
+most 3x the mean, so a "5x the mean" bound would never trigger. Beyond the slack the workflow **migrates** to
+the least-loaded instance (reason ``rebalance``): its cache there is cold once, then warm again, whereas
+spilling single requests would make every spilled request cold. ``workflow_priority`` scales the slack: a
+priority-2 workflow keeps its warm instance under twice the imbalance a priority-1 workflow would.
 
 **No metadata** (or ``context_sharing_strategy: none``) → weighted scorers like the Gateway API Inference
-Extension's picker: 3 x prefix match (leading prompt blocks this instance was sent recently / prompt blocks)
+Extension's picker, over the instances within the same slack (so a full prefix match cannot keep feeding a
+swamped instance): 3 x prefix match (leading prompt blocks this instance was sent recently / prompt blocks)
 + 2 x queue (1 - load / max load) + 2 x KV headroom (1 - kv_usage); ties rotate.
 """
 
@@ -37,7 +40,7 @@ from extproc.metadata import WorkflowMetadata
 from extproc.routing.prefix import PrefixIndex
 from extproc.routing.workflows import WorkflowTable
 
-LOAD_ALLOWANCE = 2.0  # requests of imbalance always tolerated: no migrations at light load
+IMBALANCE_UNIT = 4.0  # requests of imbalance tolerated per unit of p / (1 - p)
 KV_FULL = 0.95
 PREFIX_WEIGHT, QUEUE_WEIGHT, KV_WEIGHT = 3.0, 2.0, 2.0
 _IDLE = BackendLoad()
@@ -130,15 +133,18 @@ class Router:
             return tied[self._rotation % len(tied)]
         return max(tied, key=lambda i: rendezvous_weight(key, i))
 
-    def _within_bound(self, home: str, priority: float) -> bool:
+    def slack(self, priority: float = 1.0) -> float:
         preference = self.batching_preference
         if preference >= 1.0:
+            return float("inf")
+        return IMBALANCE_UNIT * priority * preference / (1.0 - preference)
+
+    def _within_bound(self, home: str, priority: float) -> bool:
+        slack = self.slack(priority)
+        if slack == float("inf"):
             return True
-        candidates = self._candidates()
-        loads = [self.load(i) for i in candidates]
-        mean = sum(loads) / len(loads)
-        slack = priority * preference / (1.0 - preference)
-        return self.load(home) <= (1.0 + slack) * mean + LOAD_ALLOWANCE
+        least = min(self.load(i) for i in self._candidates())
+        return self.load(home) - least <= slack
 
     # --- the decision --------------------------------------------------------------------------------------
     def route(self, metadata: WorkflowMetadata | None, now: float, prompt_blocks: Sequence[int] = ()) -> Decision:
@@ -170,10 +176,11 @@ class Router:
         index = self.prefix_index
         if index is None or not blocks:
             return Decision(self.least_loaded(None), None, False, False, False)
-        candidates = self._candidates()
+        loads = {i: self.load(i) for i in self._candidates()}
+        least, slack = min(loads.values()), self.slack()
+        candidates = [i for i, load in loads.items() if load - least <= slack]
         matches = index.match(blocks)
-        loads = {i: self.load(i) for i in candidates}
-        top_load = max(loads.values()) or 1.0
+        top_load = max(loads[i] for i in candidates) or 1.0
         best: list[str] = []
         best_score = -1.0
         for i in candidates:

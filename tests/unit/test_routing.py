@@ -110,3 +110,123 @@ def test_release_never_goes_negative() -> None:
     r = router()
     r.release("vllm-1")
     assert r.outstanding["vllm-1"] == 0
+
+
+# --- load-aware rule (issue: smart placement) ---------------------------------------------------------------
+import pytest  # noqa: E402
+
+from extproc.backends import BackendLoad, parse_vllm_metrics  # noqa: E402
+from extproc.routing.prefix import PrefixIndex, block_hashes  # noqa: E402
+
+
+def loaded_router(preference: float, **kw: object) -> Router:
+    return Router(INSTANCES, WorkflowTable(100.0, 1000), batching_preference=preference, **kw)  # type: ignore[arg-type]
+
+
+def home_of(r: Router, workflow: str) -> str:
+    return r.route(wf(workflow), 0.0).instance
+
+
+@pytest.mark.parametrize(
+    ("preference", "home_load", "stays"),
+    [
+        (1.0, 1000, True),   # never leave a healthy instance
+        (0.8, 16, True),     # slack = 4 x 0.8 / 0.2 = 16 requests of imbalance
+        (0.8, 17, False),
+        (0.5, 4, True),      # slack = 4
+        (0.5, 5, False),
+        (0.0, 1, False),     # pure least-load: any imbalance moves the request
+    ],
+)
+def test_batching_preference_sets_how_much_imbalance_affinity_tolerates(
+    preference: float, home_load: int, stays: bool
+) -> None:
+    r = loaded_router(preference)
+    home = home_of(r, "w")
+    r.publish({home: BackendLoad(running=home_load)})
+    decision = r.route(wf("w"), 1.0)
+    assert (decision.instance == home) is stays
+    assert decision.affinity_hit is stays
+    if not stays and preference > 0:
+        assert decision.rebalanced and r.table.peek("w").instance == decision.instance  # type: ignore[union-attr]
+
+
+def test_pure_least_load_prefers_the_workflows_instance_on_ties() -> None:
+    r = loaded_router(0.0)
+    home = home_of(r, "w")
+    assert all(r.route(wf("w"), float(t)).instance == home for t in range(5))
+
+
+def test_priority_widens_the_bound() -> None:
+    r = loaded_router(0.5)
+    home = home_of(r, "w")
+    r.publish({home: BackendLoad(running=7)})  # over the slack for priority 1 (4), within it for priority 2 (8)
+    assert r.route(WorkflowMetadata("w", workflow_priority=2.0), 1.0).instance == home
+    assert r.route(WorkflowMetadata("w", workflow_priority=1.0), 2.0).instance != home
+
+
+def test_parallel_agents_do_not_move_a_workflow_at_the_default_preference() -> None:
+    r = loaded_router(0.8)
+    home = home_of(r, "w")
+    r.publish({home: BackendLoad(running=6)})
+    assert r.route(wf("w"), 1.0).instance == home
+    assert r.slack() == pytest.approx(16.0)
+
+
+def test_overloaded_or_full_instances_get_no_new_workflows() -> None:
+    r = loaded_router(0.8)
+    r.publish({"vllm-1": BackendLoad(running=30, waiting=10), "vllm-2": BackendLoad(kv_usage=0.99, waiting=1)})
+    assert {r.route(wf(f"n{i}"), 0.0).instance for i in range(20)} == {"vllm-3"}
+
+
+def test_waiting_requests_weigh_double_and_local_count_reacts_before_the_scrape() -> None:
+    r = loaded_router(0.8)
+    r.publish({"vllm-1": BackendLoad(running=2, waiting=2)})
+    assert r.load("vllm-1") == 6
+    r.acquire("vllm-2")
+    r.acquire("vllm-2")
+    assert r.load("vllm-2") == 2  # not yet in any scrape
+
+
+def test_failover_state_machine() -> None:
+    index = PrefixIndex(INSTANCES)
+    r = loaded_router(0.8, prefix_index=index)
+    home = home_of(r, "w")
+    blocks = block_hashes("shared prefix " * 50)
+    index.learn(home, blocks)
+    r.set_healthy(home, False)  # poll failed or 3 failed responses
+    assert home not in r.healthy and index.size(home) == 0  # its cache is gone
+    moved = r.route(wf("w"), 1.0)
+    assert moved.failover and moved.instance != home
+    assert all(r.route(wf(f"new{i}"), 1.0).instance != home for i in range(10))
+    r.set_healthy(home, True)  # healthy poll: rejoins, receives new workflows again
+    assert home in {r.route(wf(f"later{i}"), 2.0).instance for i in range(30)}
+    assert r.route(wf("w"), 3.0).instance == moved.instance  # moved workflows stay where they are warm
+
+
+def test_prefix_scorer_follows_the_prompt_and_yields_to_load() -> None:
+    index = PrefixIndex(INSTANCES)
+    r = loaded_router(0.8, prefix_index=index)
+    blocks = block_hashes("You are an expert analyst. " * 40)
+    first = r.route(None, 0.0, blocks)
+    assert first.prefix_blocks == 0
+    again = [r.route(None, 0.0, blocks) for _ in range(5)]
+    assert {d.instance for d in again} == {first.instance}
+    assert all(d.prefix_blocks == len(blocks) for d in again)
+    r.publish({first.instance: BackendLoad(running=50, waiting=20)})  # swamped: load beats the prefix
+    assert r.route(None, 1.0, blocks).instance != first.instance
+
+
+def test_parse_vllm_metrics() -> None:
+    text = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 3.0
+vllm:num_requests_waiting{engine="0",model_name="m"} 1.0
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25
+vllm:prefix_cache_hits_total{engine="0",model_name="m"} 1234.0
+vllm:num_requests_running{engine="1",model_name="m"} 2.0
+garbage line
+vllm:num_requests_waiting{model_name="m"} not-a-number
+"""
+    assert parse_vllm_metrics(text) == {"running": 5.0, "waiting": 1.0, "kv_usage": 0.25}
+    assert parse_vllm_metrics("vllm:gpu_cache_usage_perc 0.5") == {"kv_usage": 0.5}
