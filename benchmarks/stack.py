@@ -182,6 +182,10 @@ class Stack:
         self.backends[name] = process.ports["http"]
         return process
 
+    def kill_simulator(self, name: str) -> None:
+        """SIGKILL: the instance dies without draining, as a crashed vLLM would."""
+        self.simulators[name].kill()
+
     def restart_simulator(self, name: str) -> Process:
         old = self.simulators[name]
         old.stop()

@@ -109,7 +109,7 @@ def _cluster(
             "consecutive_gateway_failure": 2,
             "consecutive_5xx": 5,
             "interval": "1s",
-            "base_ejection_time": "5s",
+            "base_ejection_time": "2s",
             "max_ejection_percent": 100,
         }
     if http2:
