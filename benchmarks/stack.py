@@ -119,6 +119,7 @@ class StackOptions:
     # name -> port of backends started elsewhere; when set, no simulators are started.
     external_backends: dict[str, int] | None = None
     ext_proc_enabled: bool = True
+    baseline_lb_policy: str | None = None  # "ROUND_ROBIN" / "LEAST_REQUEST": Envoy alone balances (no ext_proc)
     envoy_concurrency: int = 2
     failure_mode_allow: bool = True
     message_timeout_s: float = 1.0
@@ -160,7 +161,7 @@ class Stack:
                 self.start_simulator(f"vllm-{index}")
         if self.options.with_a2a:
             self.start_a2a()
-        if self.options.ext_proc_enabled:
+        if self.options.ext_proc_enabled and self.options.baseline_lb_policy is None:
             for _ in range(self.options.extproc_replicas):
                 self.start_extproc()
         self.start_envoy()
@@ -236,6 +237,7 @@ class Stack:
             failure_mode_allow=opts.failure_mode_allow,
             message_timeout_s=opts.message_timeout_s,
             ext_proc_enabled=opts.ext_proc_enabled,
+            baseline_lb_policy=opts.baseline_lb_policy,
         )
 
     def start_envoy(self) -> Process:

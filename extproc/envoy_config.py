@@ -35,6 +35,7 @@ DEFAULT_UPSTREAM_TIMEOUT_S = 300.0
 A2A_ROUTE_PREFIX = "/v1/workflows"
 A2A_ROUTE_TIMEOUT_S = 65.0  # above the A2A long-poll cap (30 s) with room to spare
 EXTPROC_CLUSTER = "extproc"
+BASELINE_CLUSTER = "fleet"
 ROUTER_FILTER = "envoy.filters.http.ext_proc"
 OBSERVER_FILTER = "workflow.ext_proc.observer"
 A2A_CLUSTER = "a2a"
@@ -65,6 +66,9 @@ class EnvoyOptions:
     upstream_timeout_s: float = DEFAULT_UPSTREAM_TIMEOUT_S
     # False renders the same gateway without our filters (the baseline of benchmarks/gateway_overhead.py).
     ext_proc_enabled: bool = True
+    # Baselines for benchmarks: route everything to one "fleet" cluster of all instances balanced by Envoy
+    # itself ("ROUND_ROBIN" or "LEAST_REQUEST"); implies no ext_proc.
+    baseline_lb_policy: str | None = None
     extra_routes: tuple[dict[str, Any], ...] = field(default=())
 
 
@@ -261,7 +265,14 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
         },
     ]
-    if not options.ext_proc_enabled:
+    if options.baseline_lb_policy is not None:
+        routes = [r for r in routes if r["name"] == "a2a"] + [{
+            "name": "baseline",
+            "match": {"prefix": "/"},
+            "route": {"cluster": BASELINE_CLUSTER, "timeout": _duration(options.upstream_timeout_s)},
+            "response_headers_to_add": served_by,
+        }]
+    if not options.ext_proc_enabled or options.baseline_lb_policy is not None:
         http_filters = [f for f in http_filters if f["name"] == "envoy.filters.http.router"]
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -284,7 +295,13 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
         _cluster(name, [endpoint], failover=[(n, e) for n, e in options.backends if n != name])
         for name, endpoint in options.backends
     ]
-    if options.ext_proc_enabled:
+    if options.baseline_lb_policy is not None:
+        fleet = _cluster(BASELINE_CLUSTER, [])
+        fleet["lb_policy"] = options.baseline_lb_policy
+        fleet["load_assignment"]["endpoints"] = [{"lb_endpoints": [
+            {"endpoint": {"address": _address(e), "hostname": n}} for n, e in options.backends]}]
+        clusters.append(fleet)
+    elif options.ext_proc_enabled:
         clusters.append(_cluster(EXTPROC_CLUSTER, options.extproc, http2=True))
     if options.a2a is not None:
         clusters.append(_cluster(A2A_CLUSTER, [options.a2a]))
