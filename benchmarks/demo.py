@@ -7,11 +7,16 @@ cache of the prefix the previous agents already computed — the cached-token co
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
+
+from a2a_service import NotFoundError, WorkflowStatus
+from a2a_service.client import A2AClient
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 SYSTEM_PROMPT = (
@@ -42,8 +47,10 @@ class Step:
 
 
 async def run_workflow(
-    client: httpx.AsyncClient, url: str, workflow_id: str, *, max_tokens: int = 48, with_metadata: bool = True
+    client: httpx.AsyncClient, url: str, workflow_id: str, *, max_tokens: int = 48, with_metadata: bool = True,
+    between: Callable[[Step], Awaitable[None]] | None = None,
 ) -> list[Step]:
+    """Run the three agents in order; ``between`` is awaited after each agent's request."""
     transcript = ""
     steps: list[Step] = []
     for agent, role in AGENTS:
@@ -68,6 +75,8 @@ async def run_workflow(
             text=text,
         ))
         transcript += f"{agent}: {text.strip()}\n"
+        if between is not None:
+            await between(steps[-1])
     return steps
 
 
@@ -79,12 +88,52 @@ def print_steps(title: str, steps: list[Step]) -> None:
               f"{s.seconds * 1000:>7.0f}ms")
 
 
-async def run_demo(url: str) -> None:
+async def run_demo(url: str, *, with_a2a: bool = True) -> None:
     workflow_id = f"analysis-workflow-{uuid.uuid4().hex[:6]}"
-    async with httpx.AsyncClient(timeout=120) as client:
-        steps = await run_workflow(client, url, workflow_id)
+    a2a_lines: list[str] = []
+    async with httpx.AsyncClient(timeout=120) as client, A2AClient(url) as a2a:
+
+        async def hand_over(step: Step) -> None:
+            # The data collector hands its findings to the analyzer through the A2A queue (via Envoy :8001).
+            if not with_a2a or step.agent != "data-collector":
+                return
+            sent = await a2a.send(workflow_id, "data-collector", "analyzer",
+                                  {"findings": ["trend_up", "anomaly_q4"], "confidence": 0.85},
+                                  message_type="data", ttl=300)
+            started = time.perf_counter()
+            received = await a2a.receive(workflow_id, "analyzer", timeout=5.0, max_messages=10)
+            waited = (time.perf_counter() - started) * 1000
+            a2a_lines.append(f"  A2A: data-collector -> analyzer message {sent.message_id} sent; analyzer "
+                             f"received {len(received)} message(s) in {waited:.1f} ms: "
+                             f"{[d.message.json() for d in received]}")
+
+        steps = await run_workflow(client, url, workflow_id, between=hand_over)
         print_steps(f"== Demo workflow {workflow_id} through {url} ==", steps)
         instances = {s.instance for s in steps}
         verdict = "one instance" if len(instances) == 1 else f"{len(instances)} instances (!)"
         print(f"  -> all three agents were served by {verdict}; cached prompt tokens: "
               f"{' -> '.join(str(s.cached_tokens) for s in steps)}")
+        for line in a2a_lines:
+            print(line)
+        if with_a2a:
+            status = await wait_for_status(a2a, workflow_id, completed=len(steps))
+            print(f"  GET /v1/workflows/{workflow_id}/status:")
+            print(f"    assigned_instance={status.assigned_instance} total_requests={status.total_requests} "
+                  f"affinity_hits={status.affinity_hits} cache_hits={status.cache_hits} "
+                  f"cache_hit_rate={status.cache_hit_rate:.2f} (cached {status.cached_tokens} of "
+                  f"{status.prompt_tokens} prompt tokens) active_agents={status.active_agents} "
+                  f"messages sent={status.messages.sent} delivered={status.messages.delivered}")
+
+
+async def wait_for_status(a2a: A2AClient, workflow_id: str, *, completed: int, timeout: float = 5.0) -> WorkflowStatus:
+    """The router reports in batches (every 50 ms): wait until the workflow's completed requests show up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = await a2a.status(workflow_id)
+            if status.completed_requests >= completed or time.monotonic() > deadline:
+                return status
+        except NotFoundError:
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.05)

@@ -120,6 +120,7 @@ class StackOptions:
     external_backends: dict[str, int] | None = None
     ext_proc_enabled: bool = True
     baseline_lb_policy: str | None = None  # "ROUND_ROBIN" / "LEAST_REQUEST": Envoy alone balances (no ext_proc)
+    observer: bool = True
     envoy_concurrency: int = 2
     failure_mode_allow: bool = True
     message_timeout_s: float = 1.0
@@ -238,6 +239,7 @@ class Stack:
             message_timeout_s=opts.message_timeout_s,
             ext_proc_enabled=opts.ext_proc_enabled,
             baseline_lb_policy=opts.baseline_lb_policy,
+            observer=opts.observer,
         )
 
     def start_envoy(self) -> Process:

@@ -69,6 +69,9 @@ class EnvoyOptions:
     # Baselines for benchmarks: route everything to one "fleet" cluster of all instances balanced by Envoy
     # itself ("ROUND_ROBIN" or "LEAST_REQUEST"); implies no ext_proc.
     baseline_lb_policy: str | None = None
+    # The observer filter gives response-end load tracking and usage (cached tokens) accounting; without it
+    # load is only the scraped backend figures and the workflow status has no token counts.
+    observer: bool = True
     extra_routes: tuple[dict[str, Any], ...] = field(default=())
 
 
@@ -272,6 +275,8 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
             "route": {"cluster": BASELINE_CLUSTER, "timeout": _duration(options.upstream_timeout_s)},
             "response_headers_to_add": served_by,
         }]
+    if not options.observer:
+        http_filters = [f for f in http_filters if f["name"] != OBSERVER_FILTER]
     if not options.ext_proc_enabled or options.baseline_lb_policy is not None:
         http_filters = [f for f in http_filters if f["name"] == "envoy.filters.http.router"]
     hcm = {

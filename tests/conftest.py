@@ -15,7 +15,8 @@ TEST_TIME_SCALE = 0.01
 def stack_options(**overrides: object) -> StackOptions:
     base: dict[str, object] = {
         "instances": 3, "listen_port": 0, "admin_port": 0, "time_scale": TEST_TIME_SCALE,
-        "envoy_concurrency": 1, "log_level": "warning", "with_a2a": False,
+        "envoy_concurrency": 1, "log_level": "warning",
+        "a2a_args": ("--max-message-queue-size", "20"),
     }
     base.update(overrides)
     return StackOptions(**base)  # type: ignore[arg-type]
