@@ -12,6 +12,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from a2a_service.config import ID_CHARSET as ID_CHARSET
+from a2a_service.config import ID_MAX_LENGTH as MAX_ID_LENGTH
+
 ENV_PREFIX = "EXTPROC_"
 
 # --- wire names ---------------------------------------------------------------------------------------------
@@ -42,7 +45,8 @@ DEFAULT_PREFIX_CAPACITY_BLOCKS = 31_250
 FAILURES_TO_MARK_DOWN = 3
 
 # --- limits -------------------------------------------------------------------------------------------------
-MAX_ID_LENGTH = 256
+# Workflow and agent ids follow the A2A service's rules (ID_CHARSET, MAX_ID_LENGTH, imported above): they become
+# URL segments and stats keys there, so every id the router accepts is one the A2A service accepts too.
 # Expired workflows are popped from the front of the LRU at most this many per request: amortised O(1).
 EXPIRY_POPS_PER_REQUEST = 8
 # A routed request whose end this replica never observed stops counting as load after this long

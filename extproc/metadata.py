@@ -11,13 +11,14 @@ client). The headers are used only when the body carries no ``workflow_metadata`
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import orjson
 
-from extproc.config import MAX_ID_LENGTH, METADATA_FIELD
+from extproc.config import ID_CHARSET, MAX_ID_LENGTH, METADATA_FIELD
 from extproc.errors import BadRequest
 
 
@@ -29,6 +30,7 @@ class ContextSharing(StrEnum):
 
 
 _STRATEGIES = ", ".join(s.value for s in ContextSharing)
+_ID = re.compile(f"[{ID_CHARSET}]+")
 _FIELDS = frozenset(
     {"workflow_id", "agent_id", "parent_request_id", "workflow_priority", "context_sharing_strategy"}
 )
@@ -91,8 +93,9 @@ def _check_id(value: Any, param: str, *, required: bool) -> str | None:
         raise BadRequest(f"'{param}' must not be empty", param, "invalid_value")
     if len(value) > MAX_ID_LENGTH:
         raise BadRequest(f"'{param}' is longer than {MAX_ID_LENGTH} characters", param, "too_long")
-    if not value.isprintable():
-        raise BadRequest(f"'{param}' contains control or non-printable characters", param, "invalid_value")
+    if _ID.fullmatch(value) is None or value in (".", ".."):
+        raise BadRequest(f"'{param}' may only contain [{ID_CHARSET}] and must not be '.' or '..'", param,
+                         "invalid_value")
     return value
 
 

@@ -105,7 +105,8 @@ def test_huge_float_priority_is_rejected() -> None:
         parse_llm_body(raw, None, strip_metadata=True)
 
 
-@pytest.mark.parametrize(("wid", "aid"), [("", None), ("x" * 300, None), ("ok", "a\x00b")])
+@pytest.mark.parametrize(("wid", "aid"), [("", None), ("x" * 300, None), ("ok", "a\x00b"), ("a b", None),
+                                         ("a/b", None), ("..", None), ("ok", "ag\u00e9nt")])
 def test_bad_headers(wid: str, aid: str | None) -> None:
     with pytest.raises(BadRequest):
         metadata_from_headers(wid, aid)

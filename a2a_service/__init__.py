@@ -1,0 +1,98 @@
+"""Agent-to-agent message queues and workflow status/stats, over HTTP (FastAPI) and gRPC.
+
+Importing the package is light (no FastAPI, uvicorn, grpc or httpx): the server, the app factory and the
+clients are loaded on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._memory import MemoryStore
+from ._queue import QueueCore
+from ._store import Store
+from ._types import (
+    AckResult,
+    DeleteResult,
+    Delivery,
+    Message,
+    MessageCounters,
+    QueueStatus,
+    RecordKind,
+    RecordResult,
+    RequestRecord,
+    SendRequest,
+    SendResult,
+    SystemStats,
+    WorkflowStatus,
+)
+from .config import Settings
+from .errors import (
+    A2AError,
+    InvalidRequestError,
+    MalformedJSONError,
+    MessageTooLargeError,
+    NotFoundError,
+    QueueFullError,
+    ResourceExhaustedError,
+    TooManyAgentsError,
+    TooManyWorkflowsError,
+    UnavailableError,
+)
+
+if TYPE_CHECKING:
+    from ._http import create_app
+    from ._server import A2AServer
+    from .client import A2AClient, A2AGrpcClient
+
+__all__ = [
+    "A2AClient",
+    "A2AError",
+    "A2AGrpcClient",
+    "A2AServer",
+    "AckResult",
+    "DeleteResult",
+    "Delivery",
+    "InvalidRequestError",
+    "MalformedJSONError",
+    "MemoryStore",
+    "Message",
+    "MessageCounters",
+    "MessageTooLargeError",
+    "NotFoundError",
+    "QueueCore",
+    "QueueFullError",
+    "QueueStatus",
+    "RecordKind",
+    "RecordResult",
+    "RequestRecord",
+    "ResourceExhaustedError",
+    "SendRequest",
+    "SendResult",
+    "Settings",
+    "Store",
+    "SystemStats",
+    "TooManyAgentsError",
+    "TooManyWorkflowsError",
+    "UnavailableError",
+    "WorkflowStatus",
+    "create_app",
+]
+
+_LAZY = {
+    "A2AClient": ".client",
+    "A2AGrpcClient": ".client",
+    "A2AServer": "._server",
+    "create_app": "._http",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'a2a_service' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,135 @@
+"""One service process: the HTTP app (uvicorn) and the gRPC server on one store, in the running loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from types import TracebackType
+
+import uvicorn
+
+from ._grpc import GrpcServer
+from ._http import create_app
+from ._memory import MemoryStore
+from ._store import Store
+from .config import Settings
+
+log = logging.getLogger("a2a_service.server")
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the process owner decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket. ``proto`` is set explicitly: asyncio only enables TCP_NODELAY on accepted
+    sockets whose ``proto`` is IPPROTO_TCP, and ``socket.create_server`` leaves it 0 (Nagle + delayed ACK
+    then add ~40 ms to responses written in two parts; uvloop sets the option itself)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class A2AServer:
+    """Start with ``await start()`` (or ``async with``); ports 0 are resolved in ``http_port``/``grpc_port``.
+
+    ``stop()``: stop accepting, wake every long-poll with what is available, let in-flight calls finish for
+    up to ``settings.shutdown_grace`` seconds, then cancel the rest.
+    """
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store: Store = store if store is not None else MemoryStore(settings)
+        self.app = create_app(self.store, settings)
+        self._grpc = GrpcServer(self.store, settings)
+        self._uvicorn: _EmbeddedUvicorn | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self.http_port = 0
+        self.grpc_port = 0
+        self._stopped = False
+
+    async def start(self) -> None:
+        s = self.settings
+        sock = _listen(s.host, s.http_port)
+        try:
+            self.grpc_port = await self._grpc.start()
+        except BaseException:
+            sock.close()
+            raise
+        self.http_port = sock.getsockname()[1]
+        await self.store.start()
+        config = uvicorn.Config(
+            self.app,
+            http="httptools",
+            ws="none",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=max(1, round(s.shutdown_grace)),
+        )
+        self._uvicorn = _EmbeddedUvicorn(config)
+        self._serving = asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="a2a-http")
+        while not self._uvicorn.started:
+            if self._serving.done():
+                await self._grpc.stop(0)
+                self._serving.result()  # raises what went wrong
+                raise RuntimeError("HTTP server exited during startup")
+            await asyncio.sleep(0.005)
+        log.info("listening", extra={"http_port": self.http_port, "grpc_port": self.grpc_port, "host": s.host})
+
+    @property
+    def http_url(self) -> str:
+        host = self.settings.host
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"http://{host}:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        host = self.settings.host
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"{host}:{self.grpc_port}"
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.settings.shutdown_grace
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        grpc_stopping = asyncio.create_task(self._grpc.stop(grace))
+        await self.store.close()  # long-polls return now, with whatever is available
+        waits: list[asyncio.Future[None]] = [grpc_stopping]
+        if self._serving is not None:
+            waits.append(self._serving)
+        done, pending = await asyncio.wait(waits, timeout=grace + 2.0)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("server stopped with an error", exc_info=task.exception())
+        log.info("stopped")
+
+    async def __aenter__(self) -> A2AServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,186 @@
+"""Every default and limit of the A2A service, and the ``Settings`` built from CLI flags / env vars.
+
+Precedence: command-line flag > environment variable (``A2A_*``, listed in ``--help``) > default below.
+
+Identifiers (workflow ids, agent ids, message types, request ids) are 1..256 characters from
+``[A-Za-z0-9._:@-]`` and must not be ``.`` or ``..``. ``/`` is excluded because ids appear as URL path
+segments (Envoy and Starlette decode ``%2F`` before routing), and ``*`` is reserved for broadcast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8090
+DEFAULT_GRPC_PORT = 50051
+
+DEFAULT_MAX_MESSAGE_QUEUE_SIZE = 1000  # messages per (workflow, agent) queue, queued + leased
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024  # bytes of encoded JSON payload
+# An HTTP body may exceed the payload limit by this much (ids, type, ttl, JSON punctuation); bodies larger
+# than max_message_size + allowance are refused from Content-Length before they are read.
+ENVELOPE_ALLOWANCE = 4 * 1024
+DEFAULT_MESSAGE_TTL = 300.0  # seconds
+MAX_MESSAGE_TTL = 7 * 24 * 3600.0
+DEFAULT_RECEIVE_TIMEOUT = 5.0  # seconds a receive waits on an empty queue when the caller does not say
+DEFAULT_RECEIVE_TIMEOUT_CAP = 30.0  # longer requested waits are shortened to this
+DEFAULT_MAX_MESSAGES = 10  # per receive when the caller does not say
+DEFAULT_MAX_MESSAGES_CAP = 100  # larger requested batches are shortened to this
+# A receive stops adding messages once their payloads total this much (the first always goes), so a
+# batch of large messages does not become a 100 MiB response.
+DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024
+DEFAULT_VISIBILITY_TIMEOUT = 30.0  # lease length for ack=true receives
+MAX_VISIBILITY_TIMEOUT = 12 * 3600.0
+DEFAULT_JSON_MAX_DEPTH = 32  # nesting depth of a payload (a scalar is depth 0, {} or [] depth 1)
+DEFAULT_MAX_WORKFLOWS = 1000
+DEFAULT_MAX_AGENTS_PER_WORKFLOW = 1000
+DEFAULT_WORKFLOW_TTL = 3600.0  # a workflow without activity for this long is removed with its queues
+DEFAULT_CLEANUP_INTERVAL = 1.0  # seconds between background sweeps
+DEFAULT_MAX_ACK_IDS = 1000  # message ids per ack call
+DEFAULT_MAX_RECORDS_PER_BATCH = 10_000
+DEFAULT_SHUTDOWN_GRACE = 3.0  # seconds in-flight requests get after SIGTERM
+DEFAULT_LOG_LEVEL = "info"
+
+ID_MIN_LENGTH = 1
+ID_MAX_LENGTH = 256
+ID_CHARSET = "A-Za-z0-9._:@-"
+BROADCAST_TARGET = "*"
+# Room for framing and the non-payload fields of a gRPC request on top of the payload limit, so that an
+# oversized payload gets our own "message_too_large" error instead of gRPC's transport-level refusal.
+GRPC_MESSAGE_OVERHEAD = 64 * 1024
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass(slots=True, frozen=True)
+class Settings:
+    """Service configuration. Build with ``Settings.from_args`` or directly (tests); call ``validate``."""
+
+    host: str = DEFAULT_HOST
+    http_port: int = DEFAULT_HTTP_PORT
+    grpc_port: int = DEFAULT_GRPC_PORT
+    max_message_queue_size: int = DEFAULT_MAX_MESSAGE_QUEUE_SIZE
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    default_message_ttl: float = DEFAULT_MESSAGE_TTL
+    max_message_ttl: float = MAX_MESSAGE_TTL
+    default_receive_timeout: float = DEFAULT_RECEIVE_TIMEOUT
+    receive_timeout_cap: float = DEFAULT_RECEIVE_TIMEOUT_CAP
+    default_max_messages: int = DEFAULT_MAX_MESSAGES
+    max_messages_cap: int = DEFAULT_MAX_MESSAGES_CAP
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT
+    max_visibility_timeout: float = MAX_VISIBILITY_TIMEOUT
+    json_max_depth: int = DEFAULT_JSON_MAX_DEPTH
+    max_workflows: int = DEFAULT_MAX_WORKFLOWS
+    max_agents_per_workflow: int = DEFAULT_MAX_AGENTS_PER_WORKFLOW
+    workflow_ttl: float = DEFAULT_WORKFLOW_TTL
+    cleanup_interval: float = DEFAULT_CLEANUP_INTERVAL
+    max_ack_ids: int = DEFAULT_MAX_ACK_IDS
+    max_records_per_batch: int = DEFAULT_MAX_RECORDS_PER_BATCH
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    log_level: str = DEFAULT_LOG_LEVEL
+
+    @property
+    def max_body_size(self) -> int:
+        """Largest HTTP request body read at all (payload limit + envelope allowance)."""
+        return self.max_message_size + ENVELOPE_ALLOWANCE
+
+    def validate(self) -> Settings:
+        """Raise ``ValueError`` naming the first invalid setting; return ``self`` for chaining."""
+        for name in ("http_port", "grpc_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{name} must be 0..65535 (0 = any free port), got {port}")
+        positive = (
+            "max_message_queue_size", "max_message_size", "default_message_ttl", "max_message_ttl",
+            "receive_timeout_cap", "default_max_messages", "max_messages_cap", "max_batch_bytes",
+            "visibility_timeout", "max_visibility_timeout", "json_max_depth", "max_workflows",
+            "max_agents_per_workflow", "workflow_ttl", "cleanup_interval", "max_ack_ids", "max_records_per_batch",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("default_receive_timeout", "shutdown_grace"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.default_message_ttl > self.max_message_ttl:
+            raise ValueError("default_message_ttl must be <= max_message_ttl")
+        if self.default_max_messages > self.max_messages_cap:
+            raise ValueError("default_max_messages must be <= max_messages_cap")
+        if self.visibility_timeout > self.max_visibility_timeout:
+            raise ValueError("visibility_timeout must be <= max_visibility_timeout")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        return self
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+        """Parse CLI flags (``argv``, default ``sys.argv[1:]``) over env vars (default ``os.environ``)."""
+        parser = build_parser(os.environ if env is None else env)
+        ns = parser.parse_args(argv)
+        try:
+            return cls(**{f.name: getattr(ns, f.name) for f in fields(cls)}).validate()
+        except ValueError as exc:
+            parser.error(str(exc))
+            raise  # unreachable: parser.error exits
+
+
+# (field, flag help, type) — the flag is --field-with-dashes, the env var A2A_FIELD_UPPER.
+_FLAGS: tuple[tuple[str, str, type], ...] = (
+    ("host", "address both servers bind", str),
+    ("http_port", "HTTP/JSON API port (0 = any free port)", int),
+    ("grpc_port", "gRPC API port (0 = any free port)", int),
+    ("max_message_queue_size", "messages per agent queue (queued + leased); a full queue answers 429", int),
+    ("max_message_size", "bytes of encoded JSON payload; larger answers 413", int),
+    ("default_message_ttl", "seconds a message lives when the sender gives no ttl", float),
+    ("max_message_ttl", "largest ttl a sender may ask for, seconds", float),
+    ("default_receive_timeout", "long-poll wait when the receiver gives no timeout, seconds", float),
+    ("receive_timeout_cap", "longest long-poll wait, seconds (longer requests are shortened)", float),
+    ("default_max_messages", "messages per receive when the receiver does not say", int),
+    ("max_messages_cap", "largest batch per receive (larger requests are shortened)", int),
+    ("max_batch_bytes", "payload bytes per receive batch (the first message always goes)", int),
+    ("visibility_timeout", "lease of an ack=true receive, seconds", float),
+    ("max_visibility_timeout", "longest lease a receiver may ask for, seconds", float),
+    ("json_max_depth", "deepest payload nesting accepted", int),
+    ("max_workflows", "concurrent workflows; a new one beyond answers 429", int),
+    ("max_agents_per_workflow", "agents known per workflow; a new one beyond answers 429", int),
+    ("workflow_ttl", "seconds without activity after which a workflow and its queues are removed", float),
+    ("cleanup_interval", "seconds between background sweeps (expiry, leases, idle workflows)", float),
+    ("max_ack_ids", "message ids per ack call", int),
+    ("max_records_per_batch", "request records per RecordRequests call", int),
+    ("shutdown_grace", "seconds in-flight requests get after SIGTERM", float),
+    ("log_level", f"one of {', '.join(LOG_LEVELS)}", str),
+)
+
+
+def env_var(field: str) -> str:
+    return "A2A_" + field.upper()
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workflow-a2a",
+        description="Agent-to-agent message queues and workflow status/stats over HTTP and gRPC.",
+        epilog="Every flag can also be set with the environment variable shown in brackets.",
+    )
+    defaults = Settings()
+    for name, text, typ in _FLAGS:
+        var = env_var(name)
+        raw = env.get(var)
+        default = getattr(defaults, name)
+        if raw is not None:
+            try:
+                default = typ(raw)
+            except ValueError:
+                parser.error(f"{var}={raw!r} is not a valid {typ.__name__}")
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=typ,
+            default=default,
+            help=f"{text} [{var}] (default: {getattr(defaults, name)})",
+        )
+    return parser
