@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from a2a_service.config import ID_CHARSET as ID_CHARSET
-from a2a_service.config import ID_MAX_LENGTH as MAX_ID_LENGTH
+from a2a_service.config import ID_MAX_LENGTH
 
 ENV_PREFIX = "EXTPROC_"
 
@@ -47,6 +47,7 @@ FAILURES_TO_MARK_DOWN = 3
 # --- limits -------------------------------------------------------------------------------------------------
 # Workflow and agent ids follow the A2A service's rules (ID_CHARSET, MAX_ID_LENGTH, imported above): they become
 # URL segments and stats keys there, so every id the router accepts is one the A2A service accepts too.
+MAX_ID_LENGTH = ID_MAX_LENGTH
 # Expired workflows are popped from the front of the LRU at most this many per request: amortised O(1).
 EXPIRY_POPS_PER_REQUEST = 8
 # A routed request whose end this replica never observed stops counting as load after this long
