@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: setup run test lint unit e2e protos envoy-config bench clean
+.PHONY: setup run test lint unit e2e protos envoy-config bench bench-full clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,22 @@ protos: setup
 ## Regenerate the standalone Envoy example config.
 envoy-config: setup
 	$(PY) -m extproc.envoy_config > envoy/envoy.yaml
+
+## Quick versions of every benchmark (a few minutes); figures are printed, nothing is asserted.
+bench: setup
+	$(PY) -m benchmarks.gateway_overhead --quick
+	$(PY) -m benchmarks.workflow_benchmark --quick --local-stack --time-scale 0.1
+	$(PY) -m benchmarks.a2a_benchmark --quick
+	$(PY) -m benchmarks.compare_routers --quick
+
+## The full runs whose figures the README quotes.
+bench-full: setup
+	mkdir -p benchmarks/results
+	$(PY) -m benchmarks.gateway_overhead --json-out benchmarks/results/gateway_overhead.json
+	$(PY) -m benchmarks.workflow_benchmark --local-stack --json-out benchmarks/results/workflow_benchmark.json
+	$(PY) -m benchmarks.a2a_benchmark
+	$(PY) -m benchmarks.compare_routers --shape both --json-out benchmarks/results/compare_routers.json \
+		--plot benchmarks/results/compare_routers.png
 
 clean:
 	rm -rf $(VENV) .stack .pytest_cache .ruff_cache *.egg-info

@@ -237,11 +237,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=200, help="messages in the A2A benchmark")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--quick", action="store_true", help="2 agents, 2 iterations, 20 messages")
+    parser.add_argument("--local-stack", action="store_true",
+                        help="start a local stack (port 0) and benchmark it instead of --url")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="with --local-stack: simulated GPU time scale")
     parser.add_argument("--json-out", type=Path, default=None)
     ns = parser.parse_args(argv)
     if ns.quick:
         ns.agents, ns.iterations, ns.messages, ns.max_tokens = 2, 2, 20, 8
-    report = asyncio.run(run(ns))
+    if ns.local_stack:
+        from benchmarks.stack import Stack, StackOptions
+
+        options = StackOptions(listen_port=0, admin_port=0, time_scale=ns.time_scale, log_level="warning")
+        with Stack(options) as stack:
+            ns.url = stack.url
+            report = asyncio.run(run(ns))
+    else:
+        report = asyncio.run(run(ns))
     print_summary(report, ns)
     if ns.json_out:
         ns.json_out.parent.mkdir(parents=True, exist_ok=True)
