@@ -18,13 +18,17 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import orjson
 import yaml
 
 from benchmarks.loadgen import LoadResult, http_request, run_load
 from benchmarks.stack import Process, Stack, StackOptions, envoy_binary, spawn
+
+T = TypeVar("T")
 
 FIXED_COMPLETION = orjson.dumps({
     "id": "cmpl-bench", "object": "text_completion", "model": "bench",
@@ -112,6 +116,16 @@ def measure_gateway(ext_proc: bool, backends: dict[str, int], requests: list[byt
                                     duration=duration))
 
 
+def _drive(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (the memory-store hot path) without an event loop."""
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("the routing path suspended: it awaited I/O")
+
+
 def routing_decision_times(active_workflows: int, samples: int) -> tuple[float, float]:
     """p50/p99 seconds of the servicer's synchronous core for one body message, at N active workflows."""
     from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -143,8 +157,8 @@ def routing_decision_times(active_workflows: int, samples: int) -> tuple[float, 
         bodies.append(message)
     for message in bodies:  # every workflow becomes active
         stream = _Stream()
-        servicer.handle(headers, stream)
-        servicer.handle(message, stream)
+        _drive(servicer.handle(headers, stream))
+        _drive(servicer.handle(message, stream))
     assert len(router.table) == active_workflows
     rng = random.Random(1)
     times = []
@@ -153,8 +167,8 @@ def routing_decision_times(active_workflows: int, samples: int) -> tuple[float, 
         message = bodies[rng.randrange(active_workflows)]
         stream = _Stream()
         started = perf()
-        servicer.handle(headers, stream)
-        servicer.handle(message, stream)
+        _drive(servicer.handle(headers, stream))
+        _drive(servicer.handle(message, stream))
         times.append(perf() - started)
         inflight.finish(next(iter(inflight._entries)))
     times.sort()

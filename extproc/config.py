@@ -37,6 +37,7 @@ DEFAULT_MAX_WORKFLOWS = 1000
 DEFAULT_BATCHING_PREFERENCE = 0.8
 DEFAULT_BACKENDS = "vllm-1,vllm-2,vllm-3"
 DEFAULT_GRACE_S = 5.0
+DEFAULT_DRAIN_DELAY_S = 1.0
 DEFAULT_POLL_INTERVAL_S = 0.1
 DEFAULT_POLL_TIMEOUT_S = 0.5
 DEFAULT_PREFIX_CAPACITY_BLOCKS = 31_250
@@ -92,11 +93,13 @@ class Settings:
     batching_preference: float = DEFAULT_BATCHING_PREFERENCE
     keep_workflow_metadata: bool = False
     a2a_url: str | None = None
+    store: str = "memory"
     poll_interval: float = DEFAULT_POLL_INTERVAL_S
     poll_timeout: float = DEFAULT_POLL_TIMEOUT_S
     prefix_routing: bool = True
     prefix_capacity_blocks: int = DEFAULT_PREFIX_CAPACITY_BLOCKS
     grace_period: float = DEFAULT_GRACE_S
+    drain_delay: float = DEFAULT_DRAIN_DELAY_S
     log_level: str = "info"
 
     def validate(self) -> Settings:
@@ -106,6 +109,8 @@ class Settings:
             raise ValueError("--max-workflows must be >= 1")
         if not 0.0 <= self.batching_preference <= 1.0:
             raise ValueError("--batching-preference must be within 0.0..1.0")
+        if self.store != "memory" and not self.store.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("--store must be 'memory' or a redis:// URL")
         if self.poll_interval <= 0 or self.poll_timeout <= 0:
             raise ValueError("--poll-interval and --poll-timeout must be > 0")
         if self.prefix_capacity_blocks < 1:
@@ -154,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="forward workflow_metadata to the backend instead of stripping it from the body")
     add("--a2a-url", default=_env("a2a-url", None),
         help="gRPC address (host:port) of the A2A service to report routed requests to; unset = no reports")
+    add("--store", default=_env("store", "memory"),
+        help="where workflow assignments live: 'memory' (this replica only) or redis://host:port/db (shared by "
+        "all replicas; needs the [redis] extra)")
     add("--poll-interval", type=float, default=_env("poll-interval", DEFAULT_POLL_INTERVAL_S),
         help="seconds between scrapes of each backend's /health and /metrics (backends need =url)")
     add("--poll-timeout", type=float, default=_env("poll-timeout", DEFAULT_POLL_TIMEOUT_S),
@@ -164,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("prefix-capacity-blocks", DEFAULT_PREFIX_CAPACITY_BLOCKS),
         help="prefix-index blocks remembered per instance (LRU; ~140 bytes each)")
     add("--grace-period", type=float, default=_env("grace-period", DEFAULT_GRACE_S),
-        help="seconds to drain in-flight streams on SIGTERM")
+        help="seconds in-flight streams may take to finish on SIGTERM")
+    add("--drain-delay", type=float, default=_env("drain-delay", DEFAULT_DRAIN_DELAY_S),
+        help="seconds to keep serving after SIGTERM while reporting NOT_SERVING, so Envoy's health checks move "
+        "new streams to other replicas first")
     add("--log-level", default=_env("log-level", "info"), choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -182,10 +193,12 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         batching_preference=ns.batching_preference,
         keep_workflow_metadata=ns.keep_workflow_metadata,
         a2a_url=ns.a2a_url or None,
+        store=ns.store,
         poll_interval=ns.poll_interval,
         poll_timeout=ns.poll_timeout,
         prefix_routing=ns.prefix_routing,
         prefix_capacity_blocks=ns.prefix_capacity_blocks,
         grace_period=ns.grace_period,
+        drain_delay=ns.drain_delay,
         log_level=ns.log_level,
     ).validate()

@@ -40,6 +40,7 @@ ROUTER_FILTER = "envoy.filters.http.ext_proc"
 OBSERVER_FILTER = "workflow.ext_proc.observer"
 A2A_CLUSTER = "a2a"
 RETRIES = 2
+EXTPROC_HEALTH_INTERVAL_S = 0.5
 # Gateway-generated errors become JSON like our own 400s: clients parse one error shape.
 JSON_ERROR_CODES = (413, 429, 500, 502, 503, 504)
 
@@ -307,7 +308,20 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
             {"endpoint": {"address": _address(e), "hostname": n}} for n, e in options.backends]}]
         clusters.append(fleet)
     elif options.ext_proc_enabled:
-        clusters.append(_cluster(EXTPROC_CLUSTER, options.extproc, http2=True))
+        extproc = _cluster(EXTPROC_CLUSTER, options.extproc, http2=True)
+        # gRPC health checks: a replica that reports NOT_SERVING (draining on SIGTERM) or stops answering
+        # gets no new streams within one interval.
+        extproc["health_checks"] = [{
+            "timeout": "0.5s",
+            "interval": _duration(EXTPROC_HEALTH_INTERVAL_S),
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "no_traffic_interval": _duration(EXTPROC_HEALTH_INTERVAL_S),
+            "grpc_health_check": {"service_name": "envoy.service.ext_proc.v3.ExternalProcessor"},
+        }]
+        extproc["outlier_detection"] = {"consecutive_gateway_failure": 1, "consecutive_5xx": 1, "interval": "1s",
+                                        "base_ejection_time": "1s", "max_ejection_percent": 50}
+        clusters.append(extproc)
     if options.a2a is not None:
         clusters.append(_cluster(A2A_CLUSTER, [options.a2a]))
     return {

@@ -16,6 +16,7 @@ from prometheus_client import disable_created_metrics, start_http_server
 from extproc.backends import BackendPoller
 from extproc.config import INFLIGHT_MAX_AGE_S, Settings
 from extproc.metrics import Metrics
+from extproc.registry import RedisRegistry
 from extproc.reporting import NullReporter, Reporter
 from extproc.routing.inflight import InFlight
 from extproc.routing.policy import Router
@@ -37,6 +38,7 @@ class Running:
     metrics: Metrics
     reporter: Reporter
     poller: BackendPoller
+    registry: RedisRegistry | None
     grpc_port: int
     metrics_port: int
 
@@ -55,10 +57,20 @@ async def start(settings: Settings, reporter: Reporter | None = None) -> Running
     instances = [b.cluster for b in settings.backends]
     prefix_index = PrefixIndex(instances, settings.prefix_capacity_blocks) if settings.prefix_routing else None
     router = Router(instances, table, batching_preference=settings.batching_preference, prefix_index=prefix_index)
-    inflight = InFlight(router, INFLIGHT_MAX_AGE_S)
+    polled = any(b.url for b in settings.backends)
+    # With live backend figures the local in-flight count only has to bridge the gap to the next scrape; a
+    # short max age also stops requests whose observer stream went to another replica from counting for long.
+    inflight = InFlight(router, max(0.5, 5 * settings.poll_interval) if polled else INFLIGHT_MAX_AGE_S)
     metrics = Metrics(router, inflight)
     reporter = reporter if reporter is not None else build_reporter(settings)
-    servicer = ExtProcServicer(settings, router, inflight, metrics, reporter)
+    registry = None
+    if settings.store != "memory":
+        from extproc.registry import RedisRegistry
+
+        registry = RedisRegistry(settings.store, ttl=settings.workflow_ttl, max_workflows=settings.max_workflows)
+        await registry.start()
+        metrics.registry.register(registry.collector())
+    servicer = ExtProcServicer(settings, router, inflight, metrics, reporter, registry=registry)
 
     server = grpc.aio.server(
         options=[
@@ -84,7 +96,7 @@ async def start(settings: Settings, reporter: Reporter | None = None) -> Running
     if start_reporter is not None:
         await start_reporter()
         metrics.registry.register(reporter.collector())  # type: ignore[attr-defined]
-    return Running(server, health_servicer, router, metrics, reporter, poller, grpc_port, metrics_port)
+    return Running(server, health_servicer, router, metrics, reporter, poller, registry, grpc_port, metrics_port)
 
 
 async def serve(settings: Settings) -> None:
@@ -102,12 +114,16 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("draining", extra={"grace_period_s": settings.grace_period})
+    log.info("draining", extra={"drain_delay_s": settings.drain_delay, "grace_period_s": settings.grace_period})
     await running.health.enter_graceful_shutdown()
+    # Keep serving while Envoy's health check (every 0.5 s) sees NOT_SERVING and moves new streams away.
+    await asyncio.sleep(settings.drain_delay)
     # Streams in flight finish (they take microseconds); new ones are refused, Envoy retries elsewhere or
     # applies failure_mode_allow.
     await running.server.stop(settings.grace_period)
     await running.poller.stop()
+    if running.registry is not None:
+        await running.registry.stop()
     stop_reporter = getattr(running.reporter, "stop", None)
     if stop_reporter is not None:
         await stop_reporter()

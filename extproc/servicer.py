@@ -12,9 +12,12 @@ Envoy runs two ext_proc filters against this server, each opening one stream per
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -36,6 +39,9 @@ from extproc.reporting import Reporter
 from extproc.routing.inflight import InFlight
 from extproc.routing.policy import Decision, Router
 from extproc.routing.prefix import block_hashes
+
+if TYPE_CHECKING:
+    from extproc.registry import RedisRegistry
 from extproc.usage import TailBuffer, extract_usage
 
 log = logging.getLogger("extproc")
@@ -102,8 +108,11 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         metrics: Metrics,
         reporter: Reporter,
         clock: Callable[[], float] = time.monotonic,
+        registry: RedisRegistry | None = None,
     ) -> None:
         self.router = router
+        self.registry = registry
+        self._background: set[asyncio.Task[None]] = set()
         self.inflight = inflight
         self.metrics = metrics
         self.reporter = reporter
@@ -128,7 +137,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                 if message.observability_mode:
                     self.observe(message, stream)  # Envoy expects no answer
                 else:
-                    yield self.handle(message, stream)
+                    yield await self.handle(message, stream)
         except Exception:
             self.metrics.stream_errors.inc()
             log.exception("ext_proc stream failed")
@@ -138,18 +147,19 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                 self._finish(stream)
 
     # --- router stream -------------------------------------------------------------------------------------
-    def handle(self, message: pb.ProcessingRequest, stream: _Stream) -> pb.ProcessingResponse:
+    async def handle(self, message: pb.ProcessingRequest, stream: _Stream) -> pb.ProcessingResponse:
+        """Answer one router-stream message. Suspends only to agree on a new or moved workflow in Redis."""
         kind = message.WhichOneof("request")
         if kind == "request_headers":
-            return self._on_headers(message.request_headers, stream)
+            return await self._on_headers(message.request_headers, stream)
         if kind == "request_body":
-            return self._on_body(message.request_body, stream)
+            return await self._on_body(message.request_body, stream)
         # Not configured to be sent (trailers, responses): answer with an empty response of the same kind.
         response = pb.ProcessingResponse()
         getattr(response, kind).SetInParent()
         return response
 
-    def _on_headers(self, headers: pb.HttpHeaders, stream: _Stream) -> pb.ProcessingResponse:
+    async def _on_headers(self, headers: pb.HttpHeaders, stream: _Stream) -> pb.ProcessingResponse:
         started = time.perf_counter()
         found = _header_map(headers, self._router_headers)
         stream.path = found.get(":path", "").partition("?")[0]
@@ -165,10 +175,11 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         response.request_headers.SetInParent()  # upb: reading a sub-message does not set the oneof
         if headers.end_of_stream:
             # No body will follow (GET, empty POST): route on the headers alone.
-            self._route(response.request_headers.response, RoutingInput(stream.header_metadata), stream, started)
+            await self._route(response.request_headers.response, RoutingInput(stream.header_metadata), stream,
+                              started)
         return response
 
-    def _on_body(self, body: pb.HttpBody, stream: _Stream) -> pb.ProcessingResponse:
+    async def _on_body(self, body: pb.HttpBody, stream: _Stream) -> pb.ProcessingResponse:
         started = time.perf_counter()
         response = pb.ProcessingResponse()
         response.request_body.SetInParent()
@@ -182,14 +193,18 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                 return _immediate(error)
         else:
             routing = RoutingInput(stream.header_metadata)
-        self._route(response.request_body.response, routing, stream, started)
+        await self._route(response.request_body.response, routing, stream, started)
         return response
 
-    def _route(self, common: pb.CommonResponse, routing: RoutingInput, stream: _Stream, started: float) -> None:
+    async def _route(
+        self, common: pb.CommonResponse, routing: RoutingInput, stream: _Stream, started: float
+    ) -> None:
         metadata = routing.metadata
         now = self.clock()
         blocks = block_hashes(routing.prompt_text) if self.prefix_routing and routing.prompt_text else ()
         decision = self.router.route(metadata, now, blocks)
+        if self.registry is not None and decision.workflow_id is not None:
+            decision = await self._agree(decision, now)
         instance = decision.instance
         stream.instance = instance
         route_id = self.inflight.start(instance, now)
@@ -207,6 +222,48 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         common.clear_route_cache = True
         elapsed = time.perf_counter() - started
         self._account(decision, metadata, stream, elapsed)
+
+    # --- shared registry (several replicas) ----------------------------------------------------------------
+    async def _agree(self, decision: Decision, now: float) -> Decision:
+        registry = self.registry
+        assert registry is not None and decision.workflow_id is not None
+        workflow_id = decision.workflow_id
+        registry.touch(workflow_id)
+        entry = self.router.table.peek(workflow_id)
+        if entry is None:  # evicted from the local table by this very decision (max-workflows of 1)
+            return decision
+        if decision.affinity_hit:
+            if now - entry.synced_at > registry.revalidate_after:
+                entry.synced_at = now
+                self._spawn(self._revalidate(workflow_id))
+            return decision
+        winner = await registry.claim(workflow_id, decision.instance, decision.previous)
+        if winner != decision.instance and winner not in self.router.healthy:
+            # Another replica chose an instance this one sees as down: move it, once, atomically.
+            winner = await registry.claim(workflow_id, decision.instance, winner)
+        entry.synced_at = now
+        if winner == decision.instance:
+            return decision
+        entry.instance = winner  # another replica decided first: follow it (cluster-wide affinity)
+        return dataclasses.replace(decision, instance=winner, affinity_hit=True, new_workflow=False,
+                                   failover=False, rebalanced=False, previous=None)
+
+    async def _revalidate(self, workflow_id: str) -> None:
+        assert self.registry is not None
+        entry = self.router.table.peek(workflow_id)
+        if entry is None:
+            return
+        current = await self.registry.lookup(workflow_id)
+        if current is None and self.registry.available:
+            # Expired or evicted cluster-wide while this replica kept using it: register it again.
+            current = await self.registry.claim(workflow_id, entry.instance, None)
+        if current is not None and current != entry.instance and current in self.router.healthy:
+            entry.instance = current
+
+    def _spawn(self, coroutine: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _account(self, decision: Decision, metadata: WorkflowMetadata | None, stream: _Stream, elapsed: float) -> None:
         metrics = self.metrics

@@ -55,6 +55,7 @@ class Decision:
     failover: bool  # the workflow's instance was down and it moved
     rebalanced: bool = False  # the workflow's instance was over the load bound and it moved
     prefix_blocks: int = 0  # no-metadata requests: leading blocks the chosen instance was sent before
+    previous: str | None = None  # failover/rebalance: the instance the workflow moved away from
 
 
 def rendezvous_weight(key: str, instance: str) -> int:
@@ -165,12 +166,12 @@ class Router:
                 entry.requests += 1
                 return Decision(home, workflow_id, True, False, False)
             self.table.assign(workflow_id, instance, now).requests += 1
-            return Decision(instance, workflow_id, False, False, False, rebalanced=True)
-        failover = entry is not None
+            return Decision(instance, workflow_id, False, False, False, rebalanced=True, previous=home)
+        previous = entry.instance if entry is not None else None
         instance = self.least_loaded(workflow_id)
         entry = self.table.assign(workflow_id, instance, now)
         entry.requests += 1
-        return Decision(instance, workflow_id, False, not failover, failover)
+        return Decision(instance, workflow_id, False, previous is None, previous is not None, previous=previous)
 
     def _route_without_workflow(self, blocks: Sequence[int]) -> Decision:
         index = self.prefix_index

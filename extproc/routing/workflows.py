@@ -20,6 +20,7 @@ class Assignment:
     last_used: float
     requests: int = 0
     failovers: int = 0
+    synced_at: float = 0.0  # when a shared registry last confirmed this assignment
 
 
 class WorkflowTable:
