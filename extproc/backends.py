@@ -23,6 +23,10 @@ from extproc.config import Backend
 
 log = logging.getLogger("extproc.backends")
 
+# A refused connection or a non-200 /health marks an instance down at once; timeouts only after this many polls
+# in a row, so one slow answer on a loaded host does not move workflows away from a warm cache.
+TIMEOUTS_TO_MARK_DOWN = 3
+
 _GAUGES = {
     "vllm:num_requests_running": "running",
     "vllm:num_requests_waiting": "waiting",
@@ -78,6 +82,7 @@ class BackendPoller:
         self.publish = publish
         self.on_change = on_change
         self.snapshot: dict[str, BackendLoad] = {}
+        self._timeouts: dict[str, int] = {b.cluster: 0 for b in self.backends}
         self.polls = 0
         self.failures = 0
         self._task: asyncio.Task[None] | None = None
@@ -128,9 +133,17 @@ class BackendPoller:
             health, metrics = await asyncio.gather(
                 self._client.get(f"{backend.url}/health"), self._client.get(f"{backend.url}/metrics")
             )
+        except httpx.TimeoutException:
+            self.failures += 1
+            self._timeouts[backend.cluster] += 1
+            previous = self.snapshot.get(backend.cluster)
+            if self._timeouts[backend.cluster] < TIMEOUTS_TO_MARK_DOWN and previous is not None:
+                return previous  # keep the last known state for now
+            return BackendLoad(healthy=False, scraped_at=now)
         except httpx.HTTPError:
             self.failures += 1
             return BackendLoad(healthy=False, scraped_at=now)
+        self._timeouts[backend.cluster] = 0
         if health.status_code != 200:
             self.failures += 1
             return BackendLoad(healthy=False, scraped_at=now)

@@ -51,9 +51,6 @@ FAILURES_TO_MARK_DOWN = 3
 MAX_ID_LENGTH = ID_MAX_LENGTH
 # Expired workflows are popped from the front of the LRU at most this many per request: amortised O(1).
 EXPIRY_POPS_PER_REQUEST = 8
-# A routed request whose end this replica never observed stops counting as load after this long
-# (above Envoy's upstream timeout of 300 s).
-INFLIGHT_MAX_AGE_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)

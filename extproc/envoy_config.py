@@ -55,7 +55,7 @@ class Endpoint:
 class EnvoyOptions:
     backends: tuple[tuple[str, Endpoint], ...]
     extproc: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", DEFAULT_GRPC_PORT),)
-    a2a: Endpoint | None = None
+    a2a: tuple[Endpoint, ...] = ()  # A2A service replicas (HTTP); empty = no /v1/workflows route
     listen_address: str = "0.0.0.0"
     listen_port: int = DEFAULT_LISTEN_PORT
     admin_address: str = "127.0.0.1"
@@ -186,7 +186,7 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
     served_by = [{"header": {"key": SERVED_BY_HEADER, "value": "%UPSTREAM_HOST_NAME%"},
                   "append_action": "OVERWRITE_IF_EXISTS_OR_ADD", "keep_empty_value": False}]
     routes: list[dict[str, Any]] = list(options.extra_routes)
-    if options.a2a is not None:
+    if options.a2a:
         routes.append({
             "name": "a2a",
             "match": {"prefix": A2A_ROUTE_PREFIX},
@@ -322,8 +322,8 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
         extproc["outlier_detection"] = {"consecutive_gateway_failure": 1, "consecutive_5xx": 1, "interval": "1s",
                                         "base_ejection_time": "1s", "max_ejection_percent": 50}
         clusters.append(extproc)
-    if options.a2a is not None:
-        clusters.append(_cluster(A2A_CLUSTER, [options.a2a]))
+    if options.a2a:
+        clusters.append(_cluster(A2A_CLUSTER, options.a2a))
     return {
         "admin": {"address": _address(Endpoint(options.admin_address, options.admin_port))},
         "static_resources": {
@@ -368,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="name=host:port,... of the vLLM instances (each becomes an Envoy cluster)")
     parser.add_argument("--extproc", type=_endpoint, action="append",
                         help=f"host:port of an ext_proc server (repeatable; default 127.0.0.1:{DEFAULT_GRPC_PORT})")
-    parser.add_argument("--a2a", type=_endpoint, default=_endpoint("127.0.0.1:8090"), help="A2A service HTTP")
+    parser.add_argument("--a2a", type=_endpoint, action="append",
+                        help="host:port of an A2A service replica's HTTP API (repeatable; default 127.0.0.1:8090)")
     parser.add_argument("--listen-port", type=int, default=DEFAULT_LISTEN_PORT)
     parser.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
     parser.add_argument("--buffer-limit-bytes", type=int, default=DEFAULT_BUFFER_LIMIT)
@@ -379,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     options = EnvoyOptions(
         backends=ns.backends,
         extproc=tuple(ns.extproc or (Endpoint("127.0.0.1", DEFAULT_GRPC_PORT),)),
-        a2a=ns.a2a,
+        a2a=tuple(ns.a2a or (_endpoint("127.0.0.1:8090"),)),
         listen_port=ns.listen_port,
         admin_port=ns.admin_port,
         buffer_limit_bytes=ns.buffer_limit_bytes,

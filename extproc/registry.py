@@ -41,7 +41,10 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return current
 """
 
-DEFAULT_TIMEOUT_S = 0.05
+DEFAULT_TIMEOUT_S = 0.25
+# A refused connection means Redis is down at once; timeouts only after this many in a row (a loaded machine
+# answers slowly now and then, and a false "down" splits the replicas' decisions for retry_after seconds).
+TIMEOUTS_TO_DEGRADE = 3
 DEFAULT_RETRY_AFTER_S = 1.0
 DEFAULT_FLUSH_INTERVAL_S = 1.0
 DEFAULT_REVALIDATE_AFTER_S = 2.0
@@ -75,6 +78,7 @@ class RedisRegistry:
         self.revalidate_after = revalidate_after
         self._touched: set[str] = set()
         self._down_until = 0.0
+        self._timeouts = 0
         self._task: asyncio.Task[None] | None = None
         self.claims = 0
         self.conflicts = 0  # claims another replica had won
@@ -89,8 +93,13 @@ class RedisRegistry:
         return time.monotonic() >= self._down_until
 
     def _failed(self, exc: BaseException) -> None:
+        if isinstance(exc, TimeoutError):
+            self._timeouts += 1
+            if self._timeouts < TIMEOUTS_TO_DEGRADE:
+                return
         if self.available:
             log.warning("redis unavailable: routing on local decisions", extra={"error": type(exc).__name__})
+        self._timeouts = 0
         self._down_until = time.monotonic() + self.retry_after
 
     # --- hot path (only for new workflows and moves) -------------------------------------------------------
@@ -110,6 +119,7 @@ class RedisRegistry:
             self.degraded += 1
             return proposal
         self.claims += 1
+        self._timeouts = 0
         if winner != proposal:
             self.conflicts += 1
         return str(winner)

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import disable_created_metrics, start_http_server
 
 from extproc.backends import BackendPoller
-from extproc.config import INFLIGHT_MAX_AGE_S, Settings
+from extproc.config import Settings
 from extproc.metrics import Metrics
 from extproc.registry import RedisRegistry
 from extproc.reporting import NullReporter, Reporter
@@ -57,10 +57,7 @@ async def start(settings: Settings, reporter: Reporter | None = None) -> Running
     instances = [b.cluster for b in settings.backends]
     prefix_index = PrefixIndex(instances, settings.prefix_capacity_blocks) if settings.prefix_routing else None
     router = Router(instances, table, batching_preference=settings.batching_preference, prefix_index=prefix_index)
-    polled = any(b.url for b in settings.backends)
-    # With live backend figures the local in-flight count only has to bridge the gap to the next scrape; a
-    # short max age also stops requests whose observer stream went to another replica from counting for long.
-    inflight = InFlight(router, max(0.5, 5 * settings.poll_interval) if polled else INFLIGHT_MAX_AGE_S)
+    inflight = InFlight(router)
     metrics = Metrics(router, inflight)
     reporter = reporter if reporter is not None else build_reporter(settings)
     registry = None

@@ -113,6 +113,9 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         self.router = router
         self.registry = registry
         self._background: set[asyncio.Task[None]] = set()
+        # Claims in flight per workflow: its other requests wait for the agreed instance instead of taking this
+        # replica's provisional choice as an affinity hit.
+        self._claiming: dict[str, asyncio.Future[str]] = {}
         self.inflight = inflight
         self.metrics = metrics
         self.reporter = reporter
@@ -207,7 +210,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
             decision = await self._agree(decision, now)
         instance = decision.instance
         stream.instance = instance
-        route_id = self.inflight.start(instance, now)
+        route_id = stream.route_id = self.inflight.start(instance, now)
         mutation = common.header_mutation
         _set(mutation, self.cluster_header, instance)
         _set(mutation, ROUTE_ID_HEADER, route_id)
@@ -232,15 +235,29 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         entry = self.router.table.peek(workflow_id)
         if entry is None:  # evicted from the local table by this very decision (max-workflows of 1)
             return decision
+        pending = self._claiming.get(workflow_id)
+        if pending is not None:
+            winner = await asyncio.shield(pending)
+            if winner == decision.instance:
+                return decision
+            return dataclasses.replace(decision, instance=winner, affinity_hit=True, new_workflow=False,
+                                       failover=False, rebalanced=False, previous=None)
         if decision.affinity_hit:
             if now - entry.synced_at > registry.revalidate_after:
                 entry.synced_at = now
                 self._spawn(self._revalidate(workflow_id))
             return decision
-        winner = await registry.claim(workflow_id, decision.instance, decision.previous)
-        if winner != decision.instance and winner not in self.router.healthy:
-            # Another replica chose an instance this one sees as down: move it, once, atomically.
-            winner = await registry.claim(workflow_id, decision.instance, winner)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._claiming[workflow_id] = future
+        winner = decision.instance  # what waiters get if this stream is cancelled mid-claim
+        try:
+            winner = await registry.claim(workflow_id, decision.instance, decision.previous)
+            if winner != decision.instance and winner not in self.router.healthy:
+                # Another replica chose an instance this one sees as down: move it, once, atomically.
+                winner = await registry.claim(workflow_id, decision.instance, winner)
+        finally:
+            del self._claiming[workflow_id]
+            future.set_result(winner)
         entry.synced_at = now
         if winner == decision.instance:
             return decision
@@ -289,6 +306,8 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         if kind == "request_headers":
             found = _header_map(message.request_headers, self._observer_headers)
             stream.route_id = found.get(ROUTE_ID_HEADER)
+            if stream.route_id is not None:
+                self.inflight.observe(stream.route_id)
             stream.instance = found.get(self.cluster_header)
             stream.workflow_id = found.get(WORKFLOW_ID_HEADER)
             stream.agent_id = found.get(AGENT_ID_HEADER)

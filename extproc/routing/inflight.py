@@ -2,9 +2,11 @@
 
 The router stream (which decides) and the observer stream (which sees the response end) are two gRPC streams
 of one HTTP request. The decision registers the request under a route id that the router stream also adds
-as a request header; the observer stream reads it back and finishes the request when the response ends.
-If the observer stream lands on another replica, the entry here is never finished: entries older than
-``max_age`` are dropped a few at a time (counted), so the count cannot drift for long.
+as a request header; the observer stream reads it back (``observe``), then finishes the request when the
+response ends (``finish``). With several replicas Envoy may send the observer stream to another replica: an
+entry not observed within ``observe_within`` seconds (the observer normally follows within milliseconds) is
+dropped, so requests this replica cannot see the end of never pile up as phantom load. Those requests are
+still counted by the backend's scraped figures.
 """
 
 from __future__ import annotations
@@ -16,44 +18,54 @@ from collections import OrderedDict
 from extproc.config import EXPIRY_POPS_PER_REQUEST
 from extproc.routing.policy import Router
 
+DEFAULT_OBSERVE_WITHIN_S = 0.1
+
 
 class InFlight:
-    def __init__(self, router: Router, max_age: float) -> None:
+    def __init__(self, router: Router, observe_within: float = DEFAULT_OBSERVE_WITHIN_S) -> None:
         self.router = router
-        self.max_age = max_age
+        self.observe_within = observe_within
         self._prefix = os.urandom(4).hex()  # distinguishes this replica's route ids from others'
         self._seq = itertools.count(1)
-        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self.abandoned = 0
+        self._unobserved: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._observed: dict[str, str] = {}
+        self.abandoned = 0  # observed by no stream of this replica (another replica's observer, or none)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._unobserved) + len(self._observed)
 
     def start(self, instance: str, now: float) -> str:
         self._sweep(now)
         route_id = f"{self._prefix}-{next(self._seq)}"
-        self._entries[route_id] = (instance, now)
+        self._unobserved[route_id] = (instance, now)
         self.router.acquire(instance)
         return route_id
 
-    def instance_of(self, route_id: str) -> str | None:
-        entry = self._entries.get(route_id)
-        return entry[0] if entry else None
-
-    def finish(self, route_id: str) -> str | None:
-        entry = self._entries.pop(route_id, None)
+    def observe(self, route_id: str) -> str | None:
+        """The observer stream of this request reached this replica: keep counting it until it finishes."""
+        entry = self._unobserved.pop(route_id, None)
         if entry is None:
             return None
-        self.router.release(entry[0])
+        self._observed[route_id] = entry[0]
         return entry[0]
 
+    def finish(self, route_id: str) -> str | None:
+        instance = self._observed.pop(route_id, None)
+        if instance is None:
+            entry = self._unobserved.pop(route_id, None)
+            if entry is None:
+                return None
+            instance = entry[0]
+        self.router.release(instance)
+        return instance
+
     def _sweep(self, now: float) -> None:
-        entries = self._entries
+        entries = self._unobserved
         for _ in range(EXPIRY_POPS_PER_REQUEST):
             if not entries:
                 return
             route_id, (instance, started) = next(iter(entries.items()))
-            if now - started <= self.max_age:
+            if now - started <= self.observe_within:
                 return
             del entries[route_id]
             self.router.release(instance)

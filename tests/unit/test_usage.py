@@ -35,16 +35,16 @@ def test_missing_details_means_zero_cached() -> None:
     assert extract_usage(b'{"usage": {"prompt_tokens": 5, "completion_tokens": 1}}') == Usage(5, 1, 0)
 
 
-def test_inflight_counts_load_until_finished() -> None:
+def test_inflight_counts_observed_requests_until_they_finish() -> None:
     router = Router(["a", "b"], WorkflowTable(100, 100))
-    inflight = InFlight(router, max_age=10.0)
+    inflight = InFlight(router, observe_within=0.1)
     first = inflight.start("a", 0.0)
     second = inflight.start("a", 0.0)
     assert router.outstanding == {"a": 2, "b": 0}
-    assert inflight.instance_of(first) == "a"
-    assert inflight.finish(first) == "a"
-    assert inflight.finish(first) is None  # idempotent
-    assert router.outstanding["a"] == 1
-    inflight.start("b", 20.0)  # sweeps the abandoned second request
-    assert inflight.abandoned == 1 and router.outstanding == {"a": 0, "b": 1}
+    assert inflight.observe(first) == "a"
+    inflight.start("b", 20.0)  # sweeps the never-observed second request (its observer went elsewhere)...
+    assert inflight.abandoned == 1 and router.outstanding == {"a": 1, "b": 1}
     assert inflight.finish(second) is None
+    assert inflight.finish(first) == "a"  # ...but an observed one counts until its response ends
+    assert inflight.finish(first) is None  # idempotent
+    assert router.outstanding == {"a": 0, "b": 1}
