@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: setup run test lint unit e2e protos envoy-config bench bench-full clean
+.PHONY: setup run test lint unit e2e protos envoy-config bench bench-full lmcache-venv test-lmcache clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,5 +54,16 @@ bench-full: setup
 	$(PY) -m benchmarks.compare_routers --shape both --json-out benchmarks/results/compare_routers.json \
 		--plot benchmarks/results/compare_routers.png
 
+## LMCache (optional): its own virtualenv, because lmcache pins protobuf<7 and pulls torch (about 75 s, 1.9 GB).
+LMCACHE_VENV ?= .lmcache-venv
+lmcache-venv:
+	test -x $(LMCACHE_VENV)/bin/python || $(PYTHON) -m venv $(LMCACHE_VENV)
+	$(LMCACHE_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(LMCACHE_VENV)/bin/pip install --quiet --disable-pip-version-check lmcache==0.5.6
+
+## The LMCache tests against a real controller (make test skips them when the LMCache venv is absent).
+test-lmcache: setup lmcache-venv
+	LMCACHE_PYTHON=$(LMCACHE_VENV)/bin/python $(PY) -m pytest -q tests/lmcache tests/unit/test_lmcache_client.py
+
 clean:
-	rm -rf $(VENV) .stack .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LMCACHE_VENV) .stack .pytest_cache .ruff_cache *.egg-info

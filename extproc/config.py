@@ -91,6 +91,10 @@ class Settings:
     keep_workflow_metadata: bool = False
     a2a_url: str | None = None
     store: str = "memory"
+    kv_index: str = "local"
+    lmcache_url: str | None = None
+    lmcache_instance_map: str = ""
+    lmcache_timeout: float = 0.05
     poll_interval: float = DEFAULT_POLL_INTERVAL_S
     poll_timeout: float = DEFAULT_POLL_TIMEOUT_S
     prefix_routing: bool = True
@@ -108,6 +112,10 @@ class Settings:
             raise ValueError("--batching-preference must be within 0.0..1.0")
         if self.store != "memory" and not self.store.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("--store must be 'memory' or a redis:// URL")
+        if self.kv_index not in ("local", "lmcache"):
+            raise ValueError("--kv-index must be 'local' or 'lmcache'")
+        if self.kv_index == "lmcache" and not self.lmcache_url:
+            raise ValueError("--kv-index lmcache needs --lmcache-url")
         if self.poll_interval <= 0 or self.poll_timeout <= 0:
             raise ValueError("--poll-interval and --poll-timeout must be > 0")
         if self.prefix_capacity_blocks < 1:
@@ -159,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--store", default=_env("store", "memory"),
         help="where workflow assignments live: 'memory' (this replica only) or redis://host:port/db (shared by "
         "all replicas; needs the [redis] extra)")
+    add("--kv-index", default=_env("kv-index", "local"), choices=["local", "lmcache"],
+        help="prefix index of the fallback for requests without metadata: 'local' (learned from this server's "
+        "decisions) or 'lmcache' (ask an LMCache controller which instance holds the longest cached prefix)")
+    add("--lmcache-url", default=_env("lmcache-url", None), help="LMCache controller HTTP URL")
+    add("--lmcache-instance-map", default=_env("lmcache-instance-map", ""),
+        help="lmcache_instance_id=cluster,... (default: instance ids are the cluster names)")
+    add("--lmcache-timeout", type=float, default=_env("lmcache-timeout", 0.05),
+        help="seconds a controller lookup may take before the local prefix index decides instead")
     add("--poll-interval", type=float, default=_env("poll-interval", DEFAULT_POLL_INTERVAL_S),
         help="seconds between scrapes of each backend's /health and /metrics (backends need =url)")
     add("--poll-timeout", type=float, default=_env("poll-timeout", DEFAULT_POLL_TIMEOUT_S),
@@ -191,6 +207,10 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         keep_workflow_metadata=ns.keep_workflow_metadata,
         a2a_url=ns.a2a_url or None,
         store=ns.store,
+        kv_index=ns.kv_index,
+        lmcache_url=ns.lmcache_url,
+        lmcache_instance_map=ns.lmcache_instance_map,
+        lmcache_timeout=ns.lmcache_timeout,
         poll_interval=ns.poll_interval,
         poll_timeout=ns.poll_timeout,
         prefix_routing=ns.prefix_routing,

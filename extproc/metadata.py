@@ -57,6 +57,8 @@ class RoutingInput:
     rewritten_body: bytes | None = None
     # The prompt as text, for prefix-aware routing of requests that have no workflow affinity.
     prompt_text: str = ""
+    # Chat requests' messages (as parsed), for KV indexes that tokenize the chat template like the backend.
+    messages: list[Any] | None = None
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -173,8 +175,12 @@ def parse_llm_body(
         metadata = header_metadata if obj is None else parse_metadata(obj)
     else:
         metadata = header_metadata
-    text = prompt_text(body) if metadata is None or not metadata.wants_affinity else ""
+    text, messages = "", None
+    if metadata is None or not metadata.wants_affinity:
+        text = prompt_text(body)
+        raw_messages = body.get("messages")
+        messages = raw_messages if isinstance(raw_messages, list) else None
     if not strip_metadata or METADATA_FIELD not in body:
-        return RoutingInput(metadata, None, text)
+        return RoutingInput(metadata, None, text, messages)
     del body[METADATA_FIELD]
-    return RoutingInput(metadata, orjson.dumps(body), text)
+    return RoutingInput(metadata, orjson.dumps(body), text, messages)

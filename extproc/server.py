@@ -67,7 +67,15 @@ async def start(settings: Settings, reporter: Reporter | None = None) -> Running
         registry = RedisRegistry(settings.store, ttl=settings.workflow_ttl, max_workflows=settings.max_workflows)
         await registry.start()
         metrics.registry.register(registry.collector())
-    servicer = ExtProcServicer(settings, router, inflight, metrics, reporter, registry=registry)
+    kv_index = None
+    if settings.kv_index == "lmcache":
+        from extproc.kv_index.lmcache import LMCacheIndex, simulator_tokenizer
+
+        mapping = dict(item.split("=", 1) for item in settings.lmcache_instance_map.split(",") if "=" in item)
+        assert settings.lmcache_url is not None
+        kv_index = LMCacheIndex(settings.lmcache_url, mapping or {i: i for i in instances}, simulator_tokenizer(),
+                                timeout_s=settings.lmcache_timeout)
+    servicer = ExtProcServicer(settings, router, inflight, metrics, reporter, registry=registry, kv_index=kv_index)
 
     server = grpc.aio.server(
         options=[

@@ -41,6 +41,7 @@ from extproc.routing.policy import Decision, Router
 from extproc.routing.prefix import block_hashes
 
 if TYPE_CHECKING:
+    from extproc.kv_index.lmcache import LMCacheIndex
     from extproc.registry import RedisRegistry
 from extproc.usage import TailBuffer, extract_usage
 
@@ -109,7 +110,9 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         reporter: Reporter,
         clock: Callable[[], float] = time.monotonic,
         registry: RedisRegistry | None = None,
+        kv_index: LMCacheIndex | None = None,
     ) -> None:
+        self.kv_index = kv_index
         self.router = router
         self.registry = registry
         self._background: set[asyncio.Task[None]] = set()
@@ -205,7 +208,8 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         metadata = routing.metadata
         now = self.clock()
         blocks = block_hashes(routing.prompt_text) if self.prefix_routing and routing.prompt_text else ()
-        decision = self.router.route(metadata, now, blocks)
+        cached = await self._kv_lookup(routing) if self.kv_index is not None and routing.prompt_text else None
+        decision = self.router.route(metadata, now, blocks, cached)
         if self.registry is not None and decision.workflow_id is not None:
             decision = await self._agree(decision, now)
         instance = decision.instance
@@ -225,6 +229,21 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         common.clear_route_cache = True
         elapsed = time.perf_counter() - started
         self._account(decision, metadata, stream, elapsed)
+
+    async def _kv_lookup(self, routing: RoutingInput) -> dict[str, float] | None:
+        """Share of the prompt each instance holds, per the LMCache controller (None: use the local index)."""
+        index = self.kv_index
+        assert index is not None
+        text = routing.prompt_text
+        if routing.messages is not None:
+            from benchmarks.simulator.tokenizer import apply_chat_template
+
+            text = apply_chat_template(routing.messages)  # the backend tokenizes the templated chat
+        tokens = index.tokenizer(text)
+        matches = await index.lookup_tokens(tokens)  # never raises; {} on error or timeout (counted)
+        if not matches or not tokens:
+            return None
+        return {instance: min(1.0, matched / len(tokens)) for instance, matched in matches.items()}
 
     # --- shared registry (several replicas) ----------------------------------------------------------------
     async def _agree(self, decision: Decision, now: float) -> Decision:

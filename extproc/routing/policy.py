@@ -148,10 +148,15 @@ class Router:
         return self.load(home) - least <= slack
 
     # --- the decision --------------------------------------------------------------------------------------
-    def route(self, metadata: WorkflowMetadata | None, now: float, prompt_blocks: Sequence[int] = ()) -> Decision:
+    def route(
+        self, metadata: WorkflowMetadata | None, now: float, prompt_blocks: Sequence[int] = (),
+        cached_fraction: Mapping[str, float] | None = None,
+    ) -> Decision:
+        """``cached_fraction``: per instance, the share of the prompt an external KV index (LMCache) says it
+        holds; when given it replaces this router's own prefix index for the prefix score."""
         if metadata is None or not metadata.wants_affinity:
             self.table.expire(now)
-            return self._route_without_workflow(prompt_blocks)
+            return self._route_without_workflow(prompt_blocks, cached_fraction)
         workflow_id = metadata.workflow_id
         entry = self.table.get(workflow_id, now)
         if entry is not None and entry.instance in self.healthy:
@@ -173,20 +178,27 @@ class Router:
         entry.requests += 1
         return Decision(instance, workflow_id, False, previous is None, previous is not None, previous=previous)
 
-    def _route_without_workflow(self, blocks: Sequence[int]) -> Decision:
+    def _route_without_workflow(
+        self, blocks: Sequence[int], cached_fraction: Mapping[str, float] | None = None
+    ) -> Decision:
         index = self.prefix_index
-        if index is None or not blocks:
+        if not cached_fraction and (index is None or not blocks):
             return Decision(self.least_loaded(None), None, False, False, False)
         loads = {i: self.load(i) for i in self._candidates()}
         least, slack = min(loads.values()), self.slack()
         candidates = [i for i, load in loads.items() if load - least <= slack]
-        matches = index.match(blocks)
+        if cached_fraction:
+            fraction = {i: cached_fraction.get(i, 0.0) for i in self.instances}
+        else:
+            assert index is not None
+            counts = index.match(blocks)
+            fraction = {i: counts[i] / len(blocks) for i in self.instances}
         top_load = max(loads[i] for i in candidates) or 1.0
         best: list[str] = []
         best_score = -1.0
         for i in candidates:
             live = self.snapshot.get(i, _IDLE)
-            score = (PREFIX_WEIGHT * matches[i] / len(blocks)
+            score = (PREFIX_WEIGHT * fraction[i]
                      + QUEUE_WEIGHT * (1.0 - loads[i] / top_load)
                      + KV_WEIGHT * (1.0 - live.kv_usage))
             if score > best_score + 1e-9:
@@ -195,5 +207,7 @@ class Router:
                 best.append(i)
         self._rotation += 1
         instance = best[self._rotation % len(best)]
-        index.learn(instance, blocks)
-        return Decision(instance, None, False, False, False, prefix_blocks=matches[instance])
+        if index is not None and blocks:
+            index.learn(instance, blocks)
+        matched = round(fraction[instance] * len(blocks)) if blocks else int(fraction[instance] > 0)
+        return Decision(instance, None, False, False, False, prefix_blocks=matched)

@@ -230,3 +230,13 @@ vllm:num_requests_waiting{model_name="m"} not-a-number
 """
     assert parse_vllm_metrics(text) == {"running": 5.0, "waiting": 1.0, "kv_usage": 0.25}
     assert parse_vllm_metrics("vllm:gpu_cache_usage_perc 0.5") == {"kv_usage": 0.5}
+
+
+def test_external_kv_index_fraction_replaces_the_local_prefix_score() -> None:
+    index = PrefixIndex(INSTANCES)
+    r = loaded_router(0.8, prefix_index=index)
+    blocks = block_hashes("local history " * 40)
+    index.learn("vllm-1", blocks)  # the local index believes vllm-1 ...
+    decision = r.route(None, 0.0, blocks, {"vllm-3": 0.9, "vllm-1": 0.1})  # ... LMCache knows better
+    assert decision.instance == "vllm-3" and decision.prefix_blocks > 0
+    assert r.route(None, 0.0, blocks, None).instance in INSTANCES  # no answer: local index and load decide
