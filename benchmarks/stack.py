@@ -352,6 +352,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--a2a-grpc-port", type=int, default=int(env("STACK_A2A_GRPC_PORT", "50051")))
     parser.add_argument("--time-scale", type=float, default=float(env("STACK_TIME_SCALE", "1.0")),
                         help="simulated GPU time multiplier (1.0 = real time)")
+    parser.add_argument("--replicas", type=int, default=int(env("STACK_REPLICAS", "1")),
+                        help="ext_proc and A2A replicas; more than one shares state through Redis")
+    parser.add_argument("--redis", default=env("STACK_REDIS"),
+                        help="redis:// URL for --replicas > 1 (default: start a private redis-server)")
     parser.add_argument("--no-demo", action="store_true", help="start the stack without running the demo")
     parser.add_argument("--exit-after-demo", action="store_true", help="stop the stack after the demo")
     parser.add_argument("--log-level", default=env("STACK_LOG_LEVEL", "info"))
@@ -365,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         instances=ns.instances, listen_port=ns.listen_port, admin_port=ns.admin_port,
         extproc_port=ns.extproc_port, a2a_http_port=ns.a2a_http_port, a2a_grpc_port=ns.a2a_grpc_port,
         time_scale=ns.time_scale, log_level=ns.log_level, run_dir=ns.run_dir,
+        extproc_replicas=ns.replicas, a2a_replicas=ns.replicas,
+        redis=(ns.redis or "private") if ns.replicas > 1 else ns.redis,
     )
     stop = False
 
