@@ -104,10 +104,11 @@ def make_requests(workflows: int, seed: int = 0) -> list[bytes]:
 
 
 def measure_gateway(ext_proc: bool, backends: dict[str, int], requests: list[bytes], connections: int,
-                    duration: float, run_dir: Path) -> LoadResult:
+                    duration: float, run_dir: Path, replicas: int = 1, redis: str | None = None) -> LoadResult:
     options = StackOptions(listen_port=0, admin_port=0, with_a2a=False, external_backends=backends,
                            ext_proc_enabled=ext_proc, envoy_concurrency=1, log_level="warning",
-                           run_dir=run_dir / ("with-extproc" if ext_proc else "without-extproc"))
+                           extproc_replicas=replicas, redis=redis,
+                           run_dir=run_dir / (f"extproc-x{replicas}" if ext_proc else "without-extproc"))
     with Stack(options) as stack:
         def make(i: int) -> bytes:
             return requests[i % len(requests)]
@@ -124,6 +125,75 @@ def _drive(coroutine: Coroutine[Any, Any, T]) -> T:
         return stop.value  # type: ignore[no-any-return]
     coroutine.close()
     raise RuntimeError("the routing path suspended: it awaited I/O")
+
+
+def _servicer(active_workflows: int, registry: object = None):  # type: ignore[no-untyped-def]
+    from extproc.config import Settings
+    from extproc.metrics import Metrics
+    from extproc.reporting import NullReporter
+    from extproc.routing.inflight import InFlight
+    from extproc.routing.policy import Router
+    from extproc.routing.workflows import WorkflowTable
+    from extproc.servicer import ExtProcServicer
+
+    settings = Settings(max_workflows=active_workflows * 2)
+    router = Router([b.cluster for b in settings.backends], WorkflowTable(3600, active_workflows * 2))
+    inflight = InFlight(router)
+    return ExtProcServicer(settings, router, inflight, Metrics(router, inflight), NullReporter(),
+                           registry=registry)  # type: ignore[arg-type]
+
+
+def _messages(workflow_ids: list[str]):  # type: ignore[no-untyped-def]
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+    headers = pb.ProcessingRequest()
+    for key, value in ((":path", "/v1/completions"), (":method", "POST"), ("content-type", "application/json"),
+                       ("x-request-id", "bench")):
+        header = headers.request_headers.headers.headers.add()
+        header.key, header.raw_value = key, value.encode()
+    bodies = []
+    for workflow_id in workflow_ids:
+        message = pb.ProcessingRequest()
+        message.request_body.body = orjson.dumps({
+            "model": "m", "prompt": "summarize the quarterly figures. " * 20, "max_tokens": 16,
+            "workflow_metadata": {"workflow_id": workflow_id, "agent_id": "a"}})
+        message.request_body.end_of_stream = True
+        bodies.append(message)
+    return headers, bodies
+
+
+async def store_decision_times(store: str, samples: int) -> dict[str, tuple[float, float]]:
+    """p50/p99 of one routed request (headers + body messages) through the servicer, awaited on an event loop,
+    for a known workflow (affinity: local) and a new one (with Redis: one atomic claim round trip)."""
+    from extproc.registry import RedisRegistry
+    from extproc.servicer import _Stream
+
+    registry = None
+    if store != "memory":
+        registry = RedisRegistry(store, ttl=3600, max_workflows=1_000_000, prefix=f"bench{time.time_ns()}:")
+    servicer = _servicer(samples * 2, registry)
+    headers, known = _messages([f"known-{i}" for i in range(1000)])
+    _, fresh = _messages([f"fresh-{i}" for i in range(samples)])
+    for message in known:
+        stream = _Stream()
+        await servicer.handle(headers, stream)
+        await servicer.handle(message, stream)
+    result = {}
+    for label, messages in (("known workflow", [known[i % len(known)] for i in range(samples)]),
+                            ("new workflow", fresh)):
+        times = []
+        for message in messages:
+            stream = _Stream()
+            started = time.perf_counter()
+            await servicer.handle(headers, stream)
+            await servicer.handle(message, stream)
+            times.append(time.perf_counter() - started)
+            servicer.inflight.finish(stream.route_id)  # type: ignore[arg-type]
+        times.sort()
+        result[label] = (times[len(times) // 2], times[int(len(times) * 0.99)])
+    if registry is not None:
+        await registry.stop()
+    return result
 
 
 def routing_decision_times(active_workflows: int, samples: int) -> tuple[float, float]:
@@ -181,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None, help="seconds of load per gateway")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=None, help="alternate the two gateways this many times")
+    parser.add_argument("--redis", default=None,
+                        help="redis:// URL: also time routing decisions with the Redis store vs memory")
+    parser.add_argument("--replicas-compare", action="store_true",
+                        help="also compare the request rate with one vs two ext_proc replicas (Redis store)")
     parser.add_argument("--json-out", type=Path, default=None)
     ns = parser.parse_args(argv)
     duration = ns.duration or (1.5 if ns.quick else 10.0)
@@ -228,6 +302,37 @@ def main(argv: list[str] | None = None) -> int:
         decision[str(active)] = (p50, p99)
         print(f"{active:>16} {p50 * 1e6:>8.1f} {p99 * 1e6:>8.1f}")
     report["routing_decision_s"] = decision
+
+    if ns.redis:
+        print(f"\n=== ROUTING DECISION TIME BY STORE (awaited on an event loop; Redis at {ns.redis}) ===")
+        print(f"{'store':<8} {'workflow':<16} {'p50 us':>8} {'p99 us':>8}")
+        by_store = {}
+        for store in ("memory", ns.redis):
+            times = asyncio.run(store_decision_times(store, 500 if ns.quick else 5000))
+            label = "memory" if store == "memory" else "redis"
+            by_store[label] = times
+            for kind, (p50, p99) in times.items():
+                print(f"{label:<8} {kind:<16} {p50 * 1e6:>8.1f} {p99 * 1e6:>8.1f}")
+        report["decision_by_store_s"] = by_store
+
+    if ns.replicas_compare:
+        print("\n=== ONE vs TWO EXT_PROC REPLICAS (shared state in a private Redis) ===")
+        backend_process, backends = start_fixed_backends(run_dir, names)
+        try:
+            rates: dict[int, list[float]] = {1: [], 2: []}
+            for _ in range(rounds):
+                for replicas in (1, 2):
+                    result = measure_gateway(True, backends, requests, ns.connections, duration, run_dir,
+                                             replicas=replicas, redis="private")
+                    rates[replicas].append(result.rate)
+        finally:
+            backend_process.stop()
+        one, two = statistics.median(rates[1]), statistics.median(rates[2])
+        print(f"{'ext_proc replicas':<18} {'req/s':>9}")
+        print(f"{'1':<18} {one:>9.0f}")
+        print(f"{'2':<18} {two:>9.0f}")
+        print(f"rate ratio (2 / 1): {two / one:.2f}x  (2 cores: Envoy, the replicas and the load generator share them)")
+        report["replicas_rate"] = {"1": one, "2": two}
     if ns.json_out:
         ns.json_out.parent.mkdir(parents=True, exist_ok=True)
         ns.json_out.write_text(json.dumps(report, indent=2))
