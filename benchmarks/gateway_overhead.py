@@ -104,10 +104,11 @@ def make_requests(workflows: int, seed: int = 0) -> list[bytes]:
 
 
 def measure_gateway(ext_proc: bool, backends: dict[str, int], requests: list[bytes], connections: int,
-                    duration: float, run_dir: Path, replicas: int = 1, redis: str | None = None) -> LoadResult:
+                    duration: float, run_dir: Path, replicas: int = 1, redis: str | None = None,
+                    observer: bool = True) -> LoadResult:
     options = StackOptions(listen_port=0, admin_port=0, with_a2a=False, external_backends=backends,
                            ext_proc_enabled=ext_proc, envoy_concurrency=1, log_level="warning",
-                           extproc_replicas=replicas, redis=redis,
+                           extproc_replicas=replicas, redis=redis, observer=observer,
                            run_dir=run_dir / (f"extproc-x{replicas}" if ext_proc else "without-extproc"))
     with Stack(options) as stack:
         def make(i: int) -> bytes:
@@ -265,16 +266,20 @@ def main(argv: list[str] | None = None) -> int:
     requests = make_requests(workflows=200)
     report: dict[str, object] = {"duration_s": duration, "connections": ns.connections, "rounds": rounds}
     try:
-        with_rates, without_rates = [], []
-        with_p, without_p = [], []
-        for _ in range(rounds):  # alternate so drifts in machine load hit both sides alike
+        with_rates, without_rates, router_only_rates = [], [], []
+        with_p, without_p, router_only_p = [], [], []
+        for _ in range(rounds):  # alternate so drifts in machine load hit all sides alike
             without = measure_gateway(False, backends, requests, ns.connections, duration, run_dir)
             with_ = measure_gateway(True, backends, requests, ns.connections, duration, run_dir)
+            router_only = measure_gateway(True, backends, requests, ns.connections, duration, run_dir,
+                                          observer=False)
             without_rates.append(without.rate)
             with_rates.append(with_.rate)
+            router_only_rates.append(router_only.rate)
             without_p.append((without.percentile(0.5), without.percentile(0.99)))
             with_p.append((with_.percentile(0.5), with_.percentile(0.99)))
-            for label, result in (("without", without), ("with", with_)):
+            router_only_p.append((router_only.percentile(0.5), router_only.percentile(0.99)))
+            for label, result in (("without", without), ("with", with_), ("router-only", router_only)):
                 bad = sum(v for k, v in result.statuses.items() if k != 200) + result.errors
                 if bad:
                     print(f"  warning: {label} ext_proc: {bad} non-200 responses {dict(result.statuses)}")
@@ -288,9 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     p_with = statistics.median(p[0] for p in with_p), statistics.median(p[1] for p in with_p)
     print(f"{'Envoy alone':<26} {rate_without:>9.0f} {p_without[0] * 1e3:>8.2f} {p_without[1] * 1e3:>8.2f}")
     print(f"{'Envoy + ext_proc':<26} {rate_with:>9.0f} {p_with[0] * 1e3:>8.2f} {p_with[1] * 1e3:>8.2f}")
+    rate_router = statistics.median(router_only_rates)
+    p_router = (statistics.median(p[0] for p in router_only_p), statistics.median(p[1] for p in router_only_p))
+    print(f"{'Envoy + ext_proc, no obs.':<26} {rate_router:>9.0f} {p_router[0] * 1e3:>8.2f} {p_router[1] * 1e3:>8.2f}")
     ratio = rate_with / rate_without if rate_without else float("nan")
-    print(f"rate ratio (with / without): {ratio:.2f}x")
-    report.update(rate_without=rate_without, rate_with=rate_with, ratio=ratio, p_without=p_without, p_with=p_with)
+    print(f"rate ratio (with / without): {ratio:.2f}x; without the observer filter: "
+          f"{rate_router / rate_without if rate_without else float('nan'):.2f}x")
+    report.update(rate_without=rate_without, rate_with=rate_with, ratio=ratio, p_without=p_without, p_with=p_with,
+                  rate_router_only=rate_router, p_router_only=p_router)
 
     print("\n=== ROUTING DECISION TIME (in-process: parse body + route + build response) ===")
     print(f"{'active workflows':>16} {'p50 us':>8} {'p99 us':>8}")
