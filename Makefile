@@ -9,7 +9,7 @@ ARGS ?=
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -43,7 +43,7 @@ bench: setup
 	$(PY) -m benchmarks.gateway_overhead --quick
 	$(PY) -m benchmarks.workflow_benchmark --quick --local-stack --time-scale 0.1
 	$(PY) -m benchmarks.a2a_benchmark --quick
-	$(PY) -m benchmarks.compare_routers --quick
+	$(PY) -m benchmarks.compare_routers --quick --shape both
 
 ## The full runs whose figures the README quotes.
 bench-full: setup
