@@ -118,6 +118,7 @@ class StackOptions:
     listen_port: int = 8001
     admin_port: int = 9901
     extproc_port: int = 0
+    extproc_metrics_port: int = 0
     extproc_replicas: int = 1
     a2a_replicas: int = 1
     # "private" starts a redis-server for this stack; a redis:// URL uses that server; None = memory stores.
@@ -254,8 +255,9 @@ class Stack:
     def start_extproc(self, port: int | None = None) -> Process:
         first = not self.extprocs
         grpc_port = port if port is not None else (self.options.extproc_port if first else 0)
+        metrics_port = self.options.extproc_metrics_port if first and port is None else 0
         argv = [sys.executable, "-m", "extproc", "--host", "127.0.0.1",
-                "--grpc-port", str(grpc_port), "--metrics-port", "0",
+                "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
                 "--backends", self.backends_spec(), "--log-level", self.options.log_level,
                 *self.options.extproc_args]
         if self.a2as:
@@ -348,6 +350,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--listen-port", type=int, default=int(env("STACK_LISTEN_PORT", "8001")))
     parser.add_argument("--admin-port", type=int, default=int(env("STACK_ADMIN_PORT", "9901")))
     parser.add_argument("--extproc-port", type=int, default=int(env("STACK_EXTPROC_PORT", "9002")))
+    parser.add_argument("--extproc-metrics-port", type=int, default=int(env("STACK_EXTPROC_METRICS_PORT", "9190")))
     parser.add_argument("--a2a-http-port", type=int, default=int(env("STACK_A2A_HTTP_PORT", "8090")))
     parser.add_argument("--a2a-grpc-port", type=int, default=int(env("STACK_A2A_GRPC_PORT", "50051")))
     parser.add_argument("--time-scale", type=float, default=float(env("STACK_TIME_SCALE", "1.0")),
@@ -367,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = _parse(argv)
     options = StackOptions(
         instances=ns.instances, listen_port=ns.listen_port, admin_port=ns.admin_port,
-        extproc_port=ns.extproc_port, a2a_http_port=ns.a2a_http_port, a2a_grpc_port=ns.a2a_grpc_port,
+        extproc_port=ns.extproc_port, extproc_metrics_port=ns.extproc_metrics_port,
+        a2a_http_port=ns.a2a_http_port, a2a_grpc_port=ns.a2a_grpc_port,
         time_scale=ns.time_scale, log_level=ns.log_level, run_dir=ns.run_dir,
         extproc_replicas=ns.replicas, a2a_replicas=ns.replicas,
         redis=(ns.redis or "private") if ns.replicas > 1 else ns.redis,
