@@ -1,7 +1,7 @@
 """Agent-to-agent message queues and workflow status/stats, over HTTP (FastAPI) and gRPC.
 
-Importing the package is light (no FastAPI, uvicorn, grpc or httpx): the server, the app factory and the
-clients are loaded on first use.
+Importing the package is light (no FastAPI, uvicorn, grpc, httpx or redis): the server, the app factory,
+the clients and the Redis store are loaded on first use.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from .errors import (
     NotFoundError,
     QueueFullError,
     ResourceExhaustedError,
+    StoreUnavailableError,
     TooManyAgentsError,
     TooManyWorkflowsError,
     UnavailableError,
@@ -42,6 +43,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from ._http import create_app
+    from ._redis import RedisStore
     from ._server import A2AServer
     from .client import A2AClient, A2AGrpcClient
 
@@ -65,12 +67,14 @@ __all__ = [
     "QueueStatus",
     "RecordKind",
     "RecordResult",
+    "RedisStore",
     "RequestRecord",
     "ResourceExhaustedError",
     "SendRequest",
     "SendResult",
     "Settings",
     "Store",
+    "StoreUnavailableError",
     "SystemStats",
     "TooManyAgentsError",
     "TooManyWorkflowsError",
@@ -83,6 +87,7 @@ _LAZY = {
     "A2AClient": ".client",
     "A2AGrpcClient": ".client",
     "A2AServer": "._server",
+    "RedisStore": "._redis",
     "create_app": "._http",
 }
 

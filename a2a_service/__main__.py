@@ -21,7 +21,11 @@ log = logging.getLogger("a2a_service")
 async def serve(settings: Settings) -> int:
     from ._server import A2AServer
 
-    server = A2AServer(settings)
+    try:
+        server = A2AServer(settings)
+    except (ImportError, ValueError) as exc:  # redis-py missing for --store redis://, or a malformed URL
+        log.error("cannot start", extra={"error": str(exc)})
+        return 1
     try:
         await server.start()
     except OSError as exc:

@@ -199,6 +199,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (413, "Message too large"),
         (422, "Invalid field (named in error.param)"),
         (429, "Queue full / too many workflows or agents"),
+        (503, "Shutting down, or the shared store (Redis) is unavailable (code store_unavailable)"),
     )
 }
 
@@ -447,8 +448,13 @@ def create_app(store: Store, settings: Settings, *, fast_path: bool = True) -> A
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:
+        """Readiness: 503 while shutting down or while the store (Redis) cannot be reached."""
         if store.closing:
             return _error_response(UnavailableError("shutting down"))
+        try:
+            await store.ping()
+        except A2AError as exc:
+            return _error_response(exc)
         return Response(b'{"status":"ok"}', media_type=JSON)
 
     _install_error_handlers(app)
@@ -485,7 +491,7 @@ def _error_response(exc: A2AError) -> Response:
 def _install_error_handlers(app: FastAPI) -> None:
     async def on_a2a_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, A2AError)
-        if exc.http_status >= 500:
+        if exc.http_status >= 500 and not isinstance(exc, UnavailableError):  # outages are logged by the store
             log.error("request failed", extra={"path": sanitize_for_log(request.url.path, 200), "code": exc.code})
         return _error_response(exc)
 

@@ -86,6 +86,12 @@ class MemoryStore:
                     waiter.future.set_result([])
         self._waiters.clear()
 
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+    async def ping(self) -> None:
+        """Always ready."""
+
     # ------------------------------------------------------------------ messages
 
     async def send(self, request: SendRequest) -> SendResult:

@@ -63,6 +63,73 @@ def _uuid_hex() -> str:
     return uuid.uuid4().hex
 
 
+# ---------------------------------------------------------------------- input checks (shared with the Redis store)
+
+
+def check_send(req: SendRequest, s: Settings) -> float:
+    """Validate a send request; return its ttl (the default when the sender gave none)."""
+    v.check_id(req.workflow_id, "workflow_id")
+    v.check_id(req.source_agent, "source_agent")
+    v.check_id(req.target_agent, "target_agent", allow_broadcast=True)
+    v.check_id(req.message_type, "message_type")
+    ttl = s.default_message_ttl if req.ttl is None else req.ttl
+    v.check_number(ttl, "ttl", minimum=0.0, maximum=s.max_message_ttl, exclusive_minimum=True)
+    if len(req.payload) > s.max_message_size:
+        raise MessageTooLargeError(
+            f"payload is {len(req.payload)} bytes; the limit is {s.max_message_size}", param="payload"
+        )
+    return ttl
+
+
+def check_receive(
+    workflow_id: str, agent_id: str, max_messages: int, visibility_timeout: float | None, s: Settings
+) -> None:
+    v.check_id(workflow_id, "workflow_id")
+    v.check_id(agent_id, "agent_id")
+    v.check_int(max_messages, "max_messages", minimum=1, maximum=s.max_messages_cap)
+    if visibility_timeout is not None:
+        v.check_number(
+            visibility_timeout,
+            "visibility_timeout",
+            minimum=0.0,
+            maximum=s.max_visibility_timeout,
+            exclusive_minimum=True,
+        )
+
+
+def check_ack(workflow_id: str, agent_id: str, message_ids: Sequence[str], s: Settings) -> None:
+    v.check_id(workflow_id, "workflow_id")
+    v.check_id(agent_id, "agent_id")
+    if len(message_ids) > s.max_ack_ids:
+        raise InvalidRequestError(f"at most {s.max_ack_ids} message ids per ack", param="message_ids", code="too_many")
+    for i, message_id in enumerate(message_ids):
+        if type(message_id) is not str or not 0 < len(message_id) <= 256:
+            raise InvalidRequestError(
+                "message ids must be non-empty strings", param=f"message_ids[{i}]", code="invalid_id"
+            )
+
+
+def check_record(rec: RequestRecord) -> None:
+    """Validate one router record (an invalid one is counted as rejected and skipped)."""
+    v.check_id(rec.workflow_id, "workflow_id")
+    if rec.agent_id:
+        v.check_id(rec.agent_id, "agent_id")
+    if len(rec.request_id) > 256:
+        raise InvalidRequestError("request_id too long", param="request_id")
+    v.check_text(rec.instance, "instance", max_length=v.MAX_INSTANCE_LENGTH)
+    v.check_number(rec.routing_latency_seconds, "routing_latency_seconds", minimum=0.0, maximum=3600.0)
+    if rec.kind is RecordKind.COMPLETED:
+        if rec.prompt_tokens < 0 or rec.cached_tokens < 0 or rec.cached_tokens > rec.prompt_tokens:
+            raise InvalidRequestError(
+                "need 0 <= cached_tokens <= prompt_tokens", param="cached_tokens", code="out_of_range"
+            )
+    elif rec.kind is not RecordKind.ROUTED:
+        raise InvalidRequestError("kind must be ROUTED or COMPLETED", param="kind")
+
+
+# ---------------------------------------------------------------------- queue model
+
+
 class _Entry:
     """One message copy in one agent's queue."""
 
@@ -174,16 +241,7 @@ class QueueCore:
 
     def _send(self, req: SendRequest) -> SendResult:
         s = self.settings
-        v.check_id(req.workflow_id, "workflow_id")
-        v.check_id(req.source_agent, "source_agent")
-        v.check_id(req.target_agent, "target_agent", allow_broadcast=True)
-        v.check_id(req.message_type, "message_type")
-        ttl = s.default_message_ttl if req.ttl is None else req.ttl
-        v.check_number(ttl, "ttl", minimum=0.0, maximum=s.max_message_ttl, exclusive_minimum=True)
-        if len(req.payload) > s.max_message_size:
-            raise MessageTooLargeError(
-                f"payload is {len(req.payload)} bytes; the limit is {s.max_message_size}", param="payload"
-            )
+        ttl = check_send(req, s)
         now = self._clock()
         wf = self._get_or_create(req.workflow_id, now)
         broadcast = req.target_agent == BROADCAST_TARGET
@@ -241,17 +299,7 @@ class QueueCore:
         ``visibility_timeout=None`` removes them (at-most-once); a number leases them for that many seconds
         (at-least-once). Creates the workflow and the agent's queue if needed (a receiver may poll before
         anything was sent)."""
-        v.check_id(workflow_id, "workflow_id")
-        v.check_id(agent_id, "agent_id")
-        v.check_int(max_messages, "max_messages", minimum=1, maximum=self.settings.max_messages_cap)
-        if visibility_timeout is not None:
-            v.check_number(
-                visibility_timeout,
-                "visibility_timeout",
-                minimum=0.0,
-                maximum=self.settings.max_visibility_timeout,
-                exclusive_minimum=True,
-            )
+        check_receive(workflow_id, agent_id, max_messages, visibility_timeout, self.settings)
         now = self._clock()
         wf = self._get_or_create(workflow_id, now)
         self._ensure_agents(wf, (agent_id,))
@@ -316,28 +364,20 @@ class QueueCore:
             else:  # removed at delivery: re-create
                 entry = _Entry(message, delivery.sequence)
                 q.pending[message.message_id] = entry
-                q.min_expires_at = min(q.min_expires_at, message.expires_at)
                 wf.pending += 1
                 self._pending += 1
             entry.delivery_count = delivery.delivery_count - 1
             self._insert_ready(q, entry)
+            # Back in `ready` either way (a leased entry was not counted when `min_expires_at` was last
+            # recomputed), so the sweep must see its expiry.
+            q.min_expires_at = min(q.min_expires_at, message.expires_at)
             wf.delivered -= 1
             self._delivered -= 1
 
     def ack(self, workflow_id: str, agent_id: str, message_ids: Sequence[str]) -> AckResult:
         """Acknowledge delivered messages (leased, or back in the queue after their lease expired).
         Ids that are not pending for this agent, or were never delivered, come back in ``not_found``."""
-        v.check_id(workflow_id, "workflow_id")
-        v.check_id(agent_id, "agent_id")
-        if len(message_ids) > self.settings.max_ack_ids:
-            raise InvalidRequestError(
-                f"at most {self.settings.max_ack_ids} message ids per ack", param="message_ids", code="too_many"
-            )
-        for i, message_id in enumerate(message_ids):
-            if type(message_id) is not str or not 0 < len(message_id) <= 256:
-                raise InvalidRequestError(
-                    "message ids must be non-empty strings", param=f"message_ids[{i}]", code="invalid_id"
-                )
+        check_ack(workflow_id, agent_id, message_ids, self.settings)
         wf = self._require(workflow_id)
         q = wf.queues.get(agent_id)
         acked: list[str] = []
@@ -476,20 +516,7 @@ class QueueCore:
         return RecordResult(accepted, rejected)
 
     def _record_one(self, rec: RequestRecord, now: float) -> None:
-        v.check_id(rec.workflow_id, "workflow_id")
-        if rec.agent_id:
-            v.check_id(rec.agent_id, "agent_id")
-        if len(rec.request_id) > 256:
-            raise InvalidRequestError("request_id too long", param="request_id")
-        v.check_text(rec.instance, "instance", max_length=v.MAX_INSTANCE_LENGTH)
-        v.check_number(rec.routing_latency_seconds, "routing_latency_seconds", minimum=0.0, maximum=3600.0)
-        if rec.kind is RecordKind.COMPLETED:
-            if rec.prompt_tokens < 0 or rec.cached_tokens < 0 or rec.cached_tokens > rec.prompt_tokens:
-                raise InvalidRequestError(
-                    "need 0 <= cached_tokens <= prompt_tokens", param="cached_tokens", code="out_of_range"
-                )
-        elif rec.kind is not RecordKind.ROUTED:
-            raise InvalidRequestError("kind must be ROUTED or COMPLETED", param="kind")
+        check_record(rec)
         wf = self._get_or_create(rec.workflow_id, now)
         if rec.agent_id:
             self._ensure_agents(wf, (rec.agent_id,))

@@ -16,6 +16,7 @@ from ._http import create_app
 from ._memory import MemoryStore
 from ._store import Store
 from .config import Settings
+from .errors import A2AError
 
 log = logging.getLogger("a2a_service.server")
 
@@ -45,6 +46,20 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def make_store(settings: Settings) -> Store:
+    """The store ``settings.store`` names: ``memory``, or a Redis URL (redis-py is imported only then)."""
+    if settings.store == "memory":
+        return MemoryStore(settings)
+    try:
+        from ._redis import RedisStore
+    except ImportError as exc:
+        raise ImportError("the Redis store needs redis-py: pip install 'envoy-workflow-router[redis]'") from exc
+    return RedisStore(settings)
+
+
+HEALTH_CHECK_INTERVAL = 1.0  # seconds between readiness checks of a shared store (gRPC health status)
+
+
 class A2AServer:
     """Start with ``await start()`` (or ``async with``); ports 0 are resolved in ``http_port``/``grpc_port``.
 
@@ -54,11 +69,12 @@ class A2AServer:
 
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
-        self.store: Store = store if store is not None else MemoryStore(settings)
+        self.store: Store = store if store is not None else make_store(settings)
         self.app = create_app(self.store, settings)
         self._grpc = GrpcServer(self.store, settings)
         self._uvicorn: _EmbeddedUvicorn | None = None
         self._serving: asyncio.Task[None] | None = None
+        self._health_watch: asyncio.Task[None] | None = None
         self.http_port = 0
         self.grpc_port = 0
         self._stopped = False
@@ -91,7 +107,24 @@ class A2AServer:
                 self._serving.result()  # raises what went wrong
                 raise RuntimeError("HTTP server exited during startup")
             await asyncio.sleep(0.005)
+        if not isinstance(self.store, MemoryStore):
+            self._health_watch = asyncio.create_task(self._watch_health(), name="a2a-health")
         log.info("listening", extra={"http_port": self.http_port, "grpc_port": self.grpc_port, "host": s.host})
+
+    async def _watch_health(self) -> None:
+        """gRPC health follows the shared store: NOT_SERVING while it cannot be reached (HTTP /healthz asks
+        the store on each probe)."""
+        serving = True
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_INTERVAL)
+            try:
+                await self.store.ping()
+                ok = True
+            except A2AError:
+                ok = False
+            if ok != serving:
+                serving = ok
+                await self._grpc.set_serving(ok)
 
     @property
     def http_url(self) -> str:
@@ -112,6 +145,8 @@ class A2AServer:
         grace = self.settings.shutdown_grace
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
+        if self._health_watch is not None:
+            self._health_watch.cancel()
         grpc_stopping = asyncio.create_task(self._grpc.stop(grace))
         await self.store.close()  # long-polls return now, with whatever is available
         waits: list[asyncio.Future[None]] = [grpc_stopping]
@@ -123,6 +158,7 @@ class A2AServer:
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 log.error("server stopped with an error", exc_info=task.exception())
+        await self.store.aclose()
         log.info("stopped")
 
     async def __aenter__(self) -> A2AServer:

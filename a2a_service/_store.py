@@ -1,19 +1,18 @@
-"""The seam between the transports (HTTP, gRPC) and where queues live (memory now, Redis later).
+"""The seam between the transports (HTTP, gRPC) and where queues live (this process, or Redis).
 
 Semantics every implementation keeps (see ``_queue`` for the reference implementation):
 - FIFO per (workflow, agent); ``target_agent = "*"`` enqueues for every known agent except the sender.
 - ``receive`` returns as soon as at least one message is available (at most ``max_messages``), else waits
   up to ``timeout`` seconds and returns ``[]``; concurrent waiters on one queue are served in arrival
-  order. ``visibility_timeout=None`` removes what it returns (at-most-once); a number leases it and the
-  message comes back unless ``ack``-ed in time (at-least-once).
-- Limits raise the ``errors`` classes (``QueueFullError``, ``MessageTooLargeError``, ...).
+  order (with Redis: the waiters of one replica). ``visibility_timeout=None`` removes what it returns
+  (at-most-once); a number leases it and the message comes back unless ``ack``-ed in time (at-least-once).
+- Limits raise the ``errors`` classes (``QueueFullError``, ``MessageTooLargeError``, ...); a store that
+  cannot be reached raises ``StoreUnavailableError`` (503 / UNAVAILABLE) within a bounded time.
 
-How a Redis Streams implementation maps onto it: one stream per (workflow, agent) with a consumer group;
-``send`` = XADD (after an XLEN check, since MAXLEN trims instead of refusing), ``receive`` with a lease =
-XREADGROUP BLOCK + XAUTOCLAIM of entries idle longer than the visibility timeout, without a lease =
-XREADGROUP + XACK/XDEL at once, ``release`` = XCLAIM back to idle (leased) or XADD again (removed),
-``ack`` = XACK, ``delete_workflow`` = DEL of the workflow's keys,
-``record``/``status``/``stats`` = HINCRBY/HGETALL on per-workflow and global hashes.
+Two implementations: ``_memory.MemoryStore`` (one process) and ``_redis.RedisStore`` (several replicas
+sharing one Redis). The Redis store keeps each queue as sorted sets and hashes changed only by Lua scripts
+(one atomic script per operation), waits for messages in-process and is woken through Redis pub/sub; its
+module docstring gives the key layout and why it does not use Redis Streams consumer groups.
 """
 
 from __future__ import annotations
@@ -46,7 +45,16 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None:
-        """Stop background work and wake every waiting receive with what is available."""
+        """Stop background work and wake every waiting receive with what is available. Calls still in
+        flight (the transports' shutdown grace) keep working until ``aclose``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; called once the transports have stopped."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``UnavailableError`` if the store cannot serve requests now (readiness)."""
         ...
 
     async def send(self, request: SendRequest) -> SendResult: ...

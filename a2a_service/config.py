@@ -43,6 +43,14 @@ DEFAULT_MAX_ACK_IDS = 1000  # message ids per ack call
 DEFAULT_MAX_RECORDS_PER_BATCH = 10_000
 DEFAULT_SHUTDOWN_GRACE = 3.0  # seconds in-flight requests get after SIGTERM
 DEFAULT_LOG_LEVEL = "info"
+DEFAULT_STORE = "memory"  # or redis://host:port/db: queues and statistics shared by several replicas
+DEFAULT_REDIS_PREFIX = "a2a:"  # every Redis key (and the wake-up channel) starts with this
+# Longest a Redis call may take (connect, wait for a pooled connection, answer) before the request answers
+# 503 store_unavailable. Also redis-py's socket_timeout: no command of this service blocks server-side
+# (long-polls wait in this process, woken through pub/sub), so a read never legitimately takes longer.
+DEFAULT_REDIS_TIMEOUT = 2.0
+DEFAULT_REDIS_POOL_SIZE = 64  # pooled Redis connections per process (commands in flight at once)
+STORE_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 ID_MIN_LENGTH = 1
 ID_MAX_LENGTH = 256
@@ -82,6 +90,10 @@ class Settings:
     max_records_per_batch: int = DEFAULT_MAX_RECORDS_PER_BATCH
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     log_level: str = DEFAULT_LOG_LEVEL
+    store: str = DEFAULT_STORE
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
+    redis_timeout: float = DEFAULT_REDIS_TIMEOUT
+    redis_pool_size: int = DEFAULT_REDIS_POOL_SIZE
 
     @property
     def max_body_size(self) -> int:
@@ -99,6 +111,7 @@ class Settings:
             "receive_timeout_cap", "default_max_messages", "max_messages_cap", "max_batch_bytes",
             "visibility_timeout", "max_visibility_timeout", "json_max_depth", "max_workflows",
             "max_agents_per_workflow", "workflow_ttl", "cleanup_interval", "max_ack_ids", "max_records_per_batch",
+            "redis_timeout", "redis_pool_size",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -112,6 +125,10 @@ class Settings:
             raise ValueError("default_max_messages must be <= max_messages_cap")
         if self.visibility_timeout > self.max_visibility_timeout:
             raise ValueError("visibility_timeout must be <= max_visibility_timeout")
+        if self.store != "memory" and not self.store.startswith(STORE_URL_SCHEMES):
+            raise ValueError(f"store must be 'memory' or a redis://host:port/db URL, got {self.store!r}")
+        if not self.redis_prefix or any(c.isspace() for c in self.redis_prefix) or len(self.redis_prefix) > 64:
+            raise ValueError("redis_prefix must be 1..64 characters without whitespace")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         return self
@@ -153,6 +170,15 @@ _FLAGS: tuple[tuple[str, str, type], ...] = (
     ("max_records_per_batch", "request records per RecordRequests call", int),
     ("shutdown_grace", "seconds in-flight requests get after SIGTERM", float),
     ("log_level", f"one of {', '.join(LOG_LEVELS)}", str),
+    (
+        "store",
+        "where queues and statistics live: 'memory' (this process) or redis://host:port/db (shared by "
+        "every replica using the same URL and prefix; needs the [redis] extra)",
+        str,
+    ),
+    ("redis_prefix", "prefix of every Redis key and of the wake-up channel (isolates deployments and tests)", str),
+    ("redis_timeout", "seconds a Redis call may take before the request answers 503 store_unavailable", float),
+    ("redis_pool_size", "Redis connections per process (commands in flight at once; long-polls hold none)", int),
 )
 
 

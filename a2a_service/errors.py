@@ -15,7 +15,8 @@ adapters translate them at one boundary each; the clients turn answers back into
     │   ├── QueueFullError                                 (code queue_full)
     │   ├── TooManyWorkflowsError                          (code too_many_workflows)
     │   └── TooManyAgentsError                             (code too_many_agents)
-    └── UnavailableError          503  UNAVAILABLE         unavailable_error
+    └── UnavailableError          503  UNAVAILABLE         unavailable_error  (code shutting_down)
+        └── StoreUnavailableError                          (code store_unavailable)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "NotFoundError",
     "QueueFullError",
     "ResourceExhaustedError",
+    "StoreUnavailableError",
     "TooManyAgentsError",
     "TooManyWorkflowsError",
     "UnavailableError",
@@ -119,12 +121,20 @@ class UnavailableError(A2AError):
     default_code = "shutting_down"
 
 
+class StoreUnavailableError(UnavailableError):
+    """The shared store (Redis) is unreachable or did not answer in time; retry later. When Redis was slow
+    rather than down, the call may still have taken effect (a send may have been enqueued)."""
+
+    default_code = "store_unavailable"
+
+
 _BY_CODE: dict[str, type[A2AError]] = {
     "malformed_json": MalformedJSONError,
     "message_too_large": MessageTooLargeError,
     "queue_full": QueueFullError,
     "too_many_workflows": TooManyWorkflowsError,
     "too_many_agents": TooManyAgentsError,
+    "store_unavailable": StoreUnavailableError,
 }
 _BY_HTTP: dict[int, type[A2AError]] = {
     400: MalformedJSONError,

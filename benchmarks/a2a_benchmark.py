@@ -15,7 +15,11 @@ gRPC (grpc.aio)
 - send throughput: concurrent unary ``SendMessage`` calls
 - streaming throughput: ``Subscribe`` draining a backlog; and senders + one subscriber at the same time
 
-Usage: ``python benchmarks/a2a_benchmark.py [--quick] [--json FILE]``
+With ``--store redis://host:port/db`` the same measurements run a second time against a service using the
+Redis store (its own key prefix, deleted afterwards), and a table puts the memory and Redis figures side by
+side (the Redis store pays one Redis round trip per send / receive; a long-poll is woken through pub/sub).
+
+Usage: ``python benchmarks/a2a_benchmark.py [--quick] [--store redis://127.0.0.1:6379/0] [--json FILE]``
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -426,24 +431,106 @@ async def run(http_port: int, grpc_port: int, quick: bool) -> tuple[list[Latency
     return lat_h + lat_g, tp_h + tp_g
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples (about 10 s instead of 40 s)")
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    args = parser.parse_args(argv)
-    proc, http_port, grpc_port = start_service(["--max-message-queue-size", "1000000"])
+@dataclass
+class Run:
+    store: str
+    latency: list[Latency]
+    throughput: list[Throughput]
+    shutdown_s: float
+
+
+def delete_keys(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.unlink(*keys[i : i + 500])
+    finally:
+        client.close()
+
+
+def run_store(store: str, quick: bool) -> Run:
+    """Start a service on ``store`` ('memory' or a Redis URL), measure, stop it."""
+    extra = ["--max-message-queue-size", "1000000"]
+    prefix = None
+    if store != "memory":
+        prefix = f"a2a-bench:{uuid.uuid4().hex[:8]}:"
+        extra += ["--store", store, "--redis-prefix", prefix]
+    progress(f"store: {store}")
+    proc, http_port, grpc_port = start_service(extra)
     try:
         try:
             import uvloop
 
-            lat, tput = uvloop.run(run(http_port, grpc_port, args.quick))
+            lat, tput = uvloop.run(run(http_port, grpc_port, quick))
         except ImportError:
-            lat, tput = asyncio.run(run(http_port, grpc_port, args.quick))
+            lat, tput = asyncio.run(run(http_port, grpc_port, quick))
     finally:
         shutdown_s = stop_service(proc)
-    print(report(lat, tput, shutdown_s))
+        if prefix is not None:
+            delete_keys(store, prefix)
+    return Run(store, lat, tput, shutdown_s)
+
+
+def comparison(runs: list[Run]) -> str:
+    """Memory vs the other stores, side by side (p50 / p99 ms; throughput msgs/s)."""
+    names = [x.name for x in runs[0].latency]
+    label = [r.store if r.store == "memory" else "redis" for r in runs]
+    width = 21 * len(runs)
+    lines = [f"{'latency p50 / p99 ms':58}" + "".join(f"{name:>21}" for name in label)]
+    for name in names:
+        row = f"{name:58}"
+        for r in runs:
+            x = next(x for x in r.latency if x.name == name)
+            row += f"{x.p50_ms:>11.3f} /{x.p99_ms:>8.3f}"
+        lines.append(row)
+    lines.append("")
+    lines.append(f"{'throughput msgs/s':58}" + "".join(f"{name:>21}" for name in label))
+    for t in runs[0].throughput:
+        row = f"{t.name[:58]:58}"
+        for r in runs:
+            x = next(x for x in r.throughput if x.name == t.name)
+            row += f"{x.msgs_per_s:>21.0f}"
+        lines.append(row)
+    lines.insert(0, "=" * (58 + width))
+    lines.insert(1, "memory store vs " + ", ".join(r.store for r in runs[1:]) + " (same run, same machine)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples (about 10 s instead of 40 s)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--store",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="also measure a service on this store (redis://host:port/db), after the memory store",
+    )
+    args = parser.parse_args(argv)
+    runs = [run_store(store, args.quick) for store in ["memory", *args.store]]
+    for r in runs:
+        if len(runs) > 1:
+            print(f"\n### store: {r.store}")
+        print(report(r.latency, r.throughput, r.shutdown_s))
+    if len(runs) > 1:
+        print()
+        print(comparison(runs))
     if args.json:
-        args.json.write_text(json.dumps({"latency": [asdict(x) for x in lat], "throughput": [asdict(x) for x in tput]}))
+        memory = runs[0]
+        out: dict[str, object] = {
+            "latency": [asdict(x) for x in memory.latency],
+            "throughput": [asdict(x) for x in memory.throughput],
+        }
+        if len(runs) > 1:
+            out["stores"] = {
+                r.store: {"latency": [asdict(x) for x in r.latency], "throughput": [asdict(x) for x in r.throughput]}
+                for r in runs
+            }
+        args.json.write_text(json.dumps(out))
     return 0
 
 

@@ -1,4 +1,7 @@
-"""Fixtures: the real A2A service (uvicorn + grpc.aio) on port 0, in the test's event loop."""
+"""Fixtures: the real A2A service (uvicorn + grpc.aio) on port 0, in the test's event loop.
+
+Every service test runs twice: on the memory store and on the Redis store (system Redis, a key prefix of its
+own per test; skipped with the reason when Redis is unreachable)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from a2a_service import A2AClient, A2AGrpcClient, A2AServer, MemoryStore, Settings
+from a2a_service import A2AClient, A2AGrpcClient, A2AServer, Settings
+from tests.redis.support import delete_prefix, system_redis_url, unique_prefix
 
 ServerFactory = Callable[..., Awaitable[A2AServer]]
 
@@ -15,12 +19,16 @@ ServerFactory = Callable[..., Awaitable[A2AServer]]
 TEST_SETTINGS = {"max_message_queue_size": 5, "max_message_size": 64 * 1024, "shutdown_grace": 1.0}
 
 
-@pytest.fixture
-async def server_factory() -> AsyncIterator[ServerFactory]:
+@pytest.fixture(params=["memory", "redis"])
+async def server_factory(request: pytest.FixtureRequest) -> AsyncIterator[ServerFactory]:
     servers: list[A2AServer] = []
+    store: dict[str, object] = {}
+    if request.param == "redis":
+        store = {"store": system_redis_url(), "redis_prefix": unique_prefix("svc")}
 
     async def start(**overrides: object) -> A2AServer:
-        settings = Settings(**{"host": "127.0.0.1", "http_port": 0, "grpc_port": 0, **TEST_SETTINGS, **overrides})
+        base = {"host": "127.0.0.1", "http_port": 0, "grpc_port": 0, **TEST_SETTINGS, **store}
+        settings = Settings(**{**base, **overrides})  # type: ignore[arg-type]
         server = A2AServer(settings.validate())
         await server.start()
         servers.append(server)
@@ -29,6 +37,8 @@ async def server_factory() -> AsyncIterator[ServerFactory]:
     yield start
     for server in servers:
         await server.stop()
+    if store:
+        delete_prefix(str(store["store"]), str(store["redis_prefix"]))
 
 
 @pytest.fixture
@@ -49,10 +59,9 @@ async def grpc_client(server: A2AServer) -> AsyncIterator[A2AGrpcClient]:
 
 
 async def _wait_until_waiting(server: A2AServer, workflow_id: str, agent_id: str, count: int = 1) -> None:
-    store = server.store
-    assert isinstance(store, MemoryStore)
+    waiters = server.store._waiters  # type: ignore[attr-defined]  # both stores keep their lines there
     for _ in range(400):
-        if len(store._waiters.get((workflow_id, agent_id), ())) >= count:
+        if len(waiters.get((workflow_id, agent_id), ())) >= count:
             return
         await asyncio.sleep(0.005)
     raise AssertionError(f"{count} receiver(s) never waited on {workflow_id}/{agent_id}")

@@ -18,6 +18,15 @@ def test_defaults_match_the_documented_ones():
     assert (s.http_port, s.grpc_port) == (DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT) == (8090, 50051)
     assert (s.max_message_queue_size, s.max_message_size, s.default_message_ttl) == (1000, 1024 * 1024, 300.0)
     assert (s.max_workflows, s.workflow_ttl, s.receive_timeout_cap, s.visibility_timeout) == (1000, 3600.0, 30.0, 30.0)
+    assert (s.store, s.redis_prefix, s.redis_timeout, s.redis_pool_size) == ("memory", "a2a:", 2.0, 64)
+
+
+def test_store_from_flag_or_env():
+    env = {"A2A_STORE": "redis://10.0.0.5:6379/2", "A2A_REDIS_PREFIX": "prod:a2a:", "A2A_REDIS_TIMEOUT": "0.5"}
+    s = Settings.from_args([], env=env)
+    assert (s.store, s.redis_prefix, s.redis_timeout) == ("redis://10.0.0.5:6379/2", "prod:a2a:", 0.5)
+    assert Settings.from_args(["--store", "memory"], env=env).store == "memory"
+    assert Settings.from_args(["--store", "unix:///run/redis.sock"], env={}).store == "unix:///run/redis.sock"
 
 
 def test_env_vars_and_flags_with_flags_winning():
@@ -34,6 +43,10 @@ def test_env_vars_and_flags_with_flags_winning():
         (["--log-level", "loud"], {}),
         (["--default-message-ttl", "10", "--max-message-ttl", "5"], {}),
         ([], {"A2A_GRPC_PORT": "many"}),
+        (["--store", "mysql://db"], {}),
+        ([], {"A2A_STORE": "redis"}),
+        (["--store", "redis://h:6379/0", "--redis-prefix", ""], {}),
+        (["--redis-timeout", "0"], {}),
     ],
 )
 def test_invalid_settings_exit_with_a_message(argv, env, capsys):
@@ -55,8 +68,9 @@ def test_public_names_are_pinned():
         "A2AClient", "A2AError", "A2AGrpcClient", "A2AServer", "AckResult", "DeleteResult", "Delivery",
         "InvalidRequestError", "MalformedJSONError", "MemoryStore", "Message", "MessageCounters",
         "MessageTooLargeError", "NotFoundError", "QueueCore", "QueueFullError", "QueueStatus", "RecordKind",
-        "RecordResult", "RequestRecord", "ResourceExhaustedError", "SendRequest", "SendResult", "Settings", "Store",
-        "SystemStats", "TooManyAgentsError", "TooManyWorkflowsError", "UnavailableError", "WorkflowStatus",
+        "RecordResult", "RedisStore", "RequestRecord", "ResourceExhaustedError", "SendRequest", "SendResult",
+        "Settings", "Store", "StoreUnavailableError", "SystemStats", "TooManyAgentsError", "TooManyWorkflowsError",
+        "UnavailableError", "WorkflowStatus",
         "create_app",
     ]  # fmt: skip
     for name in a2a_service.__all__:
@@ -65,7 +79,8 @@ def test_public_names_are_pinned():
 
 def test_package_import_is_light():
     code = (
-        "import sys, a2a_service; heavy = {'fastapi', 'grpc', 'httpx', 'uvicorn', 'starlette'} & set(sys.modules);"
+        "import sys, a2a_service; heavy = {'fastapi', 'grpc', 'httpx', 'uvicorn', 'starlette', 'redis'} & "
+        "set(sys.modules);"
         "print(sorted(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -74,6 +89,23 @@ def test_package_import_is_light():
 
 def test_memory_store_satisfies_the_store_protocol():
     assert isinstance(a2a_service.MemoryStore(Settings()), a2a_service.Store)
+
+
+def test_redis_store_satisfies_the_store_protocol():
+    pytest.importorskip("redis")
+    store = a2a_service.RedisStore(Settings(store="redis://127.0.0.1:1/0"))  # connects lazily: no Redis needed
+    assert isinstance(store, a2a_service.Store)
+
+
+def test_the_memory_store_needs_no_redis():
+    code = (
+        "import sys; sys.modules['redis'] = None\n"  # any `import redis` now fails
+        "from a2a_service import A2AServer, Settings\n"
+        "server = A2AServer(Settings.from_args([], env={}))\n"
+        "print(type(server.store).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "MemoryStore"
 
 
 def test_generated_protobuf_code_is_not_stale(tmp_path: Path):

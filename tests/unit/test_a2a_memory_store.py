@@ -1,34 +1,81 @@
-"""The asyncio layer of the in-memory store: long-poll wake-ups, fairness, cancellation, leases, shutdown.
+"""The asyncio layer of the stores: long-poll wake-ups, fairness, cancellation, leases, shutdown.
 
-Timing bounds are generous behaviour checks (e.g. "returns within 2 s of a send, with a 10 s timeout"),
-not benchmarks.
+Every test runs against the memory store and against the Redis store (on the system Redis, with a key prefix
+of its own; skipped with the reason when Redis is unreachable). Timing bounds are generous behaviour checks
+(e.g. "returns within 2 s of a send, with a 10 s timeout"), not benchmarks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import pytest
 
-from a2a_service import MemoryStore, SendRequest, Settings
+from a2a_service import MemoryStore, NotFoundError, SendRequest, Settings, Store
+from tests.redis.support import delete_prefix, system_redis_url, unique_prefix
+
+StoreFactory = Callable[..., Awaitable[Store]]
 
 
 def req(target: str = "b", payload: bytes = b"{}", wf: str = "wf") -> SendRequest:
     return SendRequest(wf, "a", target, "data", payload)
 
 
+@pytest.fixture(params=["memory", "redis"])
+async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
+    """``await make_store(**settings)``: a started store of the parametrized kind."""
+    stores: list[Store] = []
+    redis: tuple[str, str] | None = None
+
+    async def make(**overrides: object) -> Store:
+        nonlocal redis
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        if request.param == "memory":
+            store: Store = MemoryStore(settings)
+        else:
+            from a2a_service import RedisStore
+
+            if redis is None:
+                redis = (system_redis_url(), unique_prefix("store"))
+            store = RedisStore(replace(settings, store=redis[0], redis_prefix=redis[1]))
+        await store.start()
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        await store.close()
+        await store.aclose()
+    if redis is not None:
+        delete_prefix(*redis)
+
+
 @pytest.fixture
-async def store():
-    s = MemoryStore(Settings(cleanup_interval=60.0))
-    await s.start()
-    yield s
-    await s.close()
+async def store(make_store: StoreFactory) -> Store:
+    return await make_store(cleanup_interval=60.0)
 
 
-async def wait_until_waiting(store: MemoryStore, key: tuple[str, str], count: int = 1) -> None:
+def batch_for(store: Store, memory_batch: int) -> int:
+    """The memory store hands each send to a waiter synchronously, so a waiter asking for several messages
+    still gets exactly one per send; with Redis a waiter may find several that arrived meanwhile, so tests
+    about one message per waiter ask for one."""
+    return memory_batch if isinstance(store, MemoryStore) else 1
+
+
+async def exists(store: Store, workflow_id: str) -> bool:
+    try:
+        await store.status(workflow_id)
+    except NotFoundError:
+        return False
+    return True
+
+
+async def wait_until_waiting(store: Store, key: tuple[str, str], count: int = 1) -> None:
     for _ in range(200):
-        if len(store._waiters.get(key, ())) >= count:
+        if len(store._waiters.get(key, ())) >= count:  # type: ignore[attr-defined]
             return
         await asyncio.sleep(0.005)
     raise AssertionError(f"{count} waiter(s) never registered on {key}")
@@ -51,8 +98,8 @@ async def test_empty_queue_times_out_with_empty_list(store):
     assert store._waiters == {}
 
 
-async def test_timeout_is_capped():
-    s = MemoryStore(Settings(receive_timeout_cap=0.05))
+async def test_timeout_is_capped(make_store):
+    s = await make_store(receive_timeout_cap=0.05)
     started = time.monotonic()
     assert await s.receive("wf", "b", max_messages=1, timeout=1000.0) == []
     assert time.monotonic() - started < 5.0
@@ -61,7 +108,7 @@ async def test_timeout_is_capped():
 async def test_waiters_are_served_in_arrival_order(store):
     polls = []
     for _ in range(5):
-        polls.append(asyncio.create_task(store.receive("wf", "b", max_messages=10, timeout=10.0)))
+        polls.append(asyncio.create_task(store.receive("wf", "b", max_messages=batch_for(store, 10), timeout=10.0)))
         await wait_until_waiting(store, ("wf", "b"), len(polls))
     sent = []
     for i in range(5):
@@ -84,7 +131,8 @@ async def test_a_new_receiver_does_not_overtake_a_waiting_one(store):
 
 
 async def test_many_waiters_each_get_distinct_messages(store):
-    polls = [asyncio.create_task(store.receive("wf", "b", max_messages=3, timeout=10.0)) for _ in range(20)]
+    batch = batch_for(store, 3)
+    polls = [asyncio.create_task(store.receive("wf", "b", max_messages=batch, timeout=10.0)) for _ in range(20)]
     await wait_until_waiting(store, ("wf", "b"), 20)
     sent = {(await store.send(req())).message_id for _ in range(20)}
     got = [d.message.message_id for r in await asyncio.wait_for(asyncio.gather(*polls), 5.0) for d in r]
@@ -140,9 +188,8 @@ async def test_release_makes_messages_receivable_again_and_wakes_waiters(store):
     assert out[0].message.message_id == taken[0].message.message_id
 
 
-async def test_close_wakes_waiters_and_stops_waiting():
-    s = MemoryStore(Settings())
-    await s.start()
+async def test_close_wakes_waiters_and_stops_waiting(make_store):
+    s = await make_store()
     poll = asyncio.create_task(s.receive("wf", "b", max_messages=1, timeout=30.0))
     await wait_until_waiting(s, ("wf", "b"))
     await s.close()
@@ -153,19 +200,15 @@ async def test_close_wakes_waiters_and_stops_waiting():
     assert time.monotonic() - started < 1.0
 
 
-async def test_background_sweep_removes_idle_workflows():
-    s = MemoryStore(Settings(workflow_ttl=0.05, cleanup_interval=0.02))
-    await s.start()
-    try:
-        await s.send(req())
-        for _ in range(250):
-            if not s.core.workflow_exists("wf"):
-                break
-            await asyncio.sleep(0.02)
-        assert not s.core.workflow_exists("wf")
-        assert (await s.stats()).workflows_expired == 1
-    finally:
-        await s.close()
+async def test_background_sweep_removes_idle_workflows(make_store):
+    s = await make_store(workflow_ttl=0.05, cleanup_interval=0.02)
+    await s.send(req())
+    for _ in range(250):
+        if not await exists(s, "wf"):
+            break
+        await asyncio.sleep(0.02)
+    assert not await exists(s, "wf")
+    assert (await s.stats()).workflows_expired == 1
 
 
 async def test_waiter_survives_workflow_deletion_and_gets_later_messages(store):
