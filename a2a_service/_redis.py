@@ -255,9 +255,8 @@ class RedisStore:
         self._closing = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:  # bounded: a task that swallowed its cancellation still ends on the closing flag
+            await asyncio.wait(self._tasks, timeout=self._timeout + 2.0)
         for timer in self._lease_timers.values():
             timer.cancel()
         self._lease_timers.clear()
@@ -564,7 +563,7 @@ class RedisStore:
                 break
 
     async def _sweep_forever(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.settings.cleanup_interval)
             try:
                 await self.sweep_once()
@@ -574,7 +573,7 @@ class RedisStore:
                 log.exception("sweep failed")
 
     async def _resync_forever(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(RESYNC_INTERVAL)
             for key in list(self._waiters):
                 self._kick(key)
@@ -583,7 +582,9 @@ class RedisStore:
         """Keep one subscription to the wake-up channel; serve the lines its messages name."""
         delay = 0.05
         lost = False
-        while True:
+        # The loops also watch the closing flag: redis-py's get_message(timeout=...) can swallow a cancellation
+        # (it returns None), which would keep this task alive and hang close().
+        while not self._closing:
             pubsub = self._wake_redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
@@ -594,7 +595,7 @@ class RedisStore:
                     lost = False
                 for key in list(self._waiters):  # wake-ups published while unsubscribed were lost
                     self._kick(key)
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._on_wake(message["data"])
