@@ -63,7 +63,7 @@ lmcache-venv:
 
 ## The LMCache tests against a real controller (make test skips them when the LMCache venv is absent).
 test-lmcache: setup lmcache-venv
-	LMCACHE_PYTHON=$(LMCACHE_VENV)/bin/python $(PY) -m pytest -q tests/lmcache tests/unit/test_lmcache_client.py
+	LMCACHE_PYTHON=$(abspath $(LMCACHE_VENV))/bin/python $(PY) -m pytest -q tests/lmcache tests/unit/test_lmcache_client.py
 
 clean:
 	rm -rf $(VENV) $(LMCACHE_VENV) .stack .pytest_cache .ruff_cache *.egg-info

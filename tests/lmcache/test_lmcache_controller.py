@@ -35,7 +35,8 @@ from extproc.kv_index import LMCacheIndex, best_match, simulator_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "benchmarks" / "simulator" / "lmcache_worker.py"
-LMCACHE_PYTHON = os.environ.get("LMCACHE_PYTHON", str(REPO / ".lmcache-venv" / "bin" / "python"))
+# Absolute: the controller and the workers are started with another working directory.
+LMCACHE_PYTHON = os.path.abspath(os.environ.get("LMCACHE_PYTHON", str(REPO / ".lmcache-venv" / "bin" / "python")))
 
 pytestmark = pytest.mark.skipif(
     not os.access(LMCACHE_PYTHON, os.X_OK),
