@@ -199,33 +199,11 @@ async def store_decision_times(store: str, samples: int) -> dict[str, tuple[floa
 
 def routing_decision_times(active_workflows: int, samples: int) -> tuple[float, float]:
     """p50/p99 seconds of the servicer's synchronous core for one body message, at N active workflows."""
-    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+    from extproc.servicer import _Stream
 
-    from extproc.config import Settings
-    from extproc.metrics import Metrics
-    from extproc.reporting import NullReporter
-    from extproc.routing.inflight import InFlight
-    from extproc.routing.policy import Router
-    from extproc.routing.workflows import WorkflowTable
-    from extproc.servicer import ExtProcServicer, _Stream
-
-    settings = Settings(max_workflows=active_workflows * 2)
-    router = Router([b.cluster for b in settings.backends], WorkflowTable(3600, active_workflows * 2))
-    inflight = InFlight(router)
-    servicer = ExtProcServicer(settings, router, inflight, Metrics(router, inflight), NullReporter())
-    headers = pb.ProcessingRequest()
-    for key, value in ((":path", "/v1/completions"), (":method", "POST"), ("content-type", "application/json"),
-                       ("x-request-id", "bench")):
-        header = headers.request_headers.headers.headers.add()
-        header.key, header.raw_value = key, value.encode()
-    bodies = []
-    for i in range(active_workflows):
-        message = pb.ProcessingRequest()
-        message.request_body.body = orjson.dumps({
-            "model": "m", "prompt": "summarize the quarterly figures. " * 20, "max_tokens": 16,
-            "workflow_metadata": {"workflow_id": f"wf-{i}", "agent_id": "a"}})
-        message.request_body.end_of_stream = True
-        bodies.append(message)
+    servicer = _servicer(active_workflows)
+    router = servicer.router
+    headers, bodies = _messages([f"wf-{i}" for i in range(active_workflows)])
     for message in bodies:  # every workflow becomes active
         stream = _Stream()
         _drive(servicer.handle(headers, stream))
@@ -241,7 +219,7 @@ def routing_decision_times(active_workflows: int, samples: int) -> tuple[float, 
         _drive(servicer.handle(headers, stream))
         _drive(servicer.handle(message, stream))
         times.append(perf() - started)
-        inflight.finish(stream.route_id)  # type: ignore[arg-type]
+        servicer.inflight.finish(stream.route_id)  # type: ignore[arg-type]
     times.sort()
     return times[len(times) // 2], times[int(len(times) * 0.99)]
 

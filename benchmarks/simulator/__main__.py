@@ -17,8 +17,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pythonjsonlogger.json import JsonFormatter
-
 from .config import (
     DEFAULT_HOST,
     DEFAULT_MAX_RECORDED_REQUESTS,
@@ -101,13 +99,9 @@ def build_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
 
 
 def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level"})
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    from extproc.logs import configure  # one JSON log format for every server of the stack
+
+    configure(level, "benchmarks.simulator")
 
 
 def _runner() -> asyncio.Runner:
