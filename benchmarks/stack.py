@@ -22,7 +22,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -83,14 +84,20 @@ class Process:
             self.popen.wait(5)
 
 
+# PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process: a child started from a
+# short-lived thread (asyncio.to_thread in a test) would die with it. Every child is forked by this one thread,
+# which lives as long as the process.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack-spawner")
+
+
 def spawn(name: str, argv: Sequence[str], run_dir: Path, env: dict[str, str] | None = None) -> Process:
     log_path = run_dir / f"{name}.log"
     log_file = log_path.open("ab")
     offset = log_file.tell()
-    popen = subprocess.Popen(
-        list(argv), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    popen = _SPAWNER.submit(
+        subprocess.Popen, list(argv), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         preexec_fn=_die_with_parent, env={**os.environ, **(env or {})},
-    )
+    ).result()
     log_file.close()
     return Process(name, popen, log_path, log_offset=offset)
 
@@ -139,8 +146,13 @@ class StackOptions:
     envoy_concurrency: int = 2
     failure_mode_allow: bool = True
     message_timeout_s: float = 1.0
+    per_try_idle_timeout_s: float | None = None  # Envoy per-attempt idle timeout of LLM routes (None = off)
+    # The private redis-server keeps an append-only file (fsync always) in run_dir: a restart loses nothing.
+    redis_persistence: bool = False
     log_level: str = "info"
     run_dir: Path | None = None
+    # Further EnvoyOptions fields (jwt, rate limits, upstream_tls, gie: docs/envoy-security.md, docs/gateway-api.md).
+    envoy_extra: dict[str, object] = field(default_factory=dict)
 
 
 class Stack:
@@ -157,6 +169,8 @@ class Stack:
         self.redis: Process | None = None
         self.redis_url: str | None = None
         self.envoy: Process | None = None
+        self.retired_envoys: list[Process] = []  # parents of hot restarts, draining until they exit
+        self.envoy_epoch = 0
         self.listen_port = 0
         self.admin_port = 0
         self.envoy_config_path = self.run_dir / "envoy.yaml"
@@ -195,7 +209,8 @@ class Stack:
 
     def stop(self) -> None:
         # Envoy first so no new traffic reaches the services while they drain.
-        for process in [self.envoy, *self.extprocs, *self.a2as, *self.simulators.values(), self.redis]:
+        for process in [self.envoy, *self.retired_envoys, *self.extprocs, *self.a2as, *self.simulators.values(),
+                        self.redis]:
             if process is not None:
                 process.stop()
 
@@ -223,6 +238,9 @@ class Stack:
         """A private redis-server (nothing on disk) for this stack."""
         port = port or free_port()
         argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+        if self.options.redis_persistence:
+            argv[-1] = "yes"
+            argv += ["--appendfsync", "always", "--dir", str(self.run_dir)]
         process = spawn("redis", argv, self.run_dir)
         wait_for_line(process, r"Ready to accept connections")
         process.ports["redis"] = port
@@ -248,6 +266,18 @@ class Stack:
         process.ports.update(http=int(match.group(1)), grpc=int(match.group(2)))
         self.a2as.append(process)
         return process
+
+    def kill_a2a(self, index: int = 0) -> None:
+        """SIGKILL an A2A replica (a memory store loses its queues with it)."""
+        self.a2as[index].kill()
+
+    def restart_a2a(self, index: int = 0) -> Process:
+        """Start replica ``index`` again on its ports (stopping it first if it still runs)."""
+        old = self.a2as.pop(index)
+        old.stop()
+        new = self.start_a2a(old.ports["http"], old.ports["grpc"])
+        self.a2as.insert(index, self.a2as.pop())
+        return new
 
     def backends_spec(self) -> str:
         return ",".join(f"{name}=http://127.0.0.1:{port}" for name, port in self.backends.items())
@@ -292,14 +322,22 @@ class Stack:
             ext_proc_enabled=opts.ext_proc_enabled,
             baseline_lb_policy=opts.baseline_lb_policy,
             observer=opts.observer,
+            **opts.envoy_extra,  # type: ignore[arg-type]
+            per_try_idle_timeout_s=opts.per_try_idle_timeout_s,
         )
 
     def start_envoy(self) -> Process:
         self.envoy_config_path.write_text(to_yaml(self.envoy_options()))
         admin_path = self.run_dir / "envoy-admin-address"
         admin_path.unlink(missing_ok=True)
+        base_id_path = self.run_dir / "envoy-base-id"
+        if self.envoy_epoch == 0:
+            # --base-id-path records the id Envoy picked, which a hot restart must pass as --base-id.
+            identity = ["--use-dynamic-base-id", "--base-id-path", str(base_id_path)]
+        else:
+            identity = ["--base-id", base_id_path.read_text().strip(), "--restart-epoch", str(self.envoy_epoch)]
         argv = [envoy_binary(), "-c", str(self.envoy_config_path), "--admin-address-path", str(admin_path),
-                "--concurrency", str(self.options.envoy_concurrency), "--use-dynamic-base-id",
+                "--concurrency", str(self.options.envoy_concurrency), *identity,
                 "--log-level", "warning", "--drain-time-s", "2", "--parent-shutdown-time-s", "3"]
         process = spawn("envoy", argv, self.run_dir)
         deadline = time.monotonic() + 30
@@ -311,6 +349,34 @@ class Stack:
         self.envoy = process
         self._wait_envoy_ready(deadline)
         return process
+
+    def _pin_envoy_ports(self) -> None:
+        # A restarted Envoy listens where clients already connect (the options may say port 0).
+        self.options = replace(self.options, listen_port=self.listen_port, admin_port=self.admin_port)
+
+    def restart_envoy(self) -> Process:
+        """Cold restart: stop Envoy (in-flight requests are cut, new connections refused), start a new one on
+        the same ports."""
+        assert self.envoy is not None
+        self._pin_envoy_ports()
+        self.envoy.stop()
+        self.envoy_epoch = 0
+        return self.start_envoy()
+
+    def hot_restart_envoy(self) -> Process:
+        """Envoy hot restart: a new process (same --base-id, --restart-epoch + 1) takes the listening sockets
+        over from the running one, which drains its connections (--drain-time-s) and exits by itself."""
+        assert self.envoy is not None
+        self._pin_envoy_ports()
+        parent = self.envoy
+        self.envoy_epoch += 1
+        try:
+            child = self.start_envoy()
+        except BaseException:
+            self.envoy = parent
+            raise
+        self.retired_envoys.append(parent)
+        return child
 
     def _wait_envoy_ready(self, deadline: float) -> None:
         admin = f"http://127.0.0.1:{self.admin_port}"
@@ -338,7 +404,7 @@ class Stack:
 
 
 # --- make run ----------------------------------------------------------------------------------------------
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="workflow-stack",
         description="Start the local stack (Envoy, ext_proc, A2A, simulated vLLM fleet), run the demo workflow "
@@ -363,7 +429,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--exit-after-demo", action="store_true", help="stop the stack after the demo")
     parser.add_argument("--log-level", default=env("STACK_LOG_LEVEL", "info"))
     parser.add_argument("--run-dir", type=Path, default=Path(env("STACK_RUN_DIR", ".stack")))
-    return parser.parse_args(argv)
+    return parser
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
