@@ -10,6 +10,7 @@ client). The headers are used only when the body carries no ``workflow_metadata`
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -183,4 +184,36 @@ def parse_llm_body(
     if not strip_metadata or METADATA_FIELD not in body:
         return RoutingInput(metadata, None, text, messages)
     del body[METADATA_FIELD]
-    return RoutingInput(metadata, orjson.dumps(body), text, messages)
+    return RoutingInput(metadata, _encode_stripped(raw, body), text, messages)
+
+
+_LONG_DIGIT_RUN = re.compile(rb"\d{19}")
+
+
+def _encode_stripped(raw: bytes, body: dict[str, Any]) -> bytes:
+    """The body without ``workflow_metadata``, every other value as the client sent it.
+
+    Two orjson limits need the standard library instead: it reads integers beyond 64 bits as floats (its
+    re-encoding would forward ``"seed": 123456789012345678901234`` as ``1.2345678901234568e+23``; such a float
+    is at least 9.2e18, and orjson writes every float from 1e16 up with ``e+``), and it writes at most 254
+    levels of nesting while it reads 1024. Only such bodies (rare; a string may hold ``e+`` too) take the
+    slower path."""
+    try:
+        encoded: bytes | None = orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        encoded = None
+    # An integer beyond 64 bits has at least 19 digits in the raw body; text that merely contains "e+" (code,
+    # formulas) costs one C-level regex scan, not a second parse.
+    if encoded is not None and (b"e+" not in encoded or _LONG_DIGIT_RUN.search(raw) is None):
+        return encoded
+    try:
+        exact = json.loads(raw)
+        del exact[METADATA_FIELD]
+        return json.dumps(exact, separators=(",", ":"), allow_nan=False).encode()
+    except (RecursionError, ValueError):
+        if encoded is not None:
+            return encoded  # lossy only for integers beyond 64 bits, as before
+        raise BadRequest(
+            f"request body is nested too deeply to forward without '{METADATA_FIELD}' (keep it under 900 levels)",
+            None, "invalid_json",
+        ) from None
