@@ -16,12 +16,14 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ._auth import Action, Authenticator, authorize
 from ._store import Store
 from ._types import Delivery, RecordKind, RequestRecord, SendRequest
 from ._validation import check_payload_bytes
 from ._wire import DEFAULT_MESSAGE_TYPE
-from .config import GRPC_MESSAGE_OVERHEAD, Settings
-from .errors import A2AError, InvalidRequestError
+from .config import GRPC_MESSAGE_OVERHEAD, TRACEPARENT_HEADER, Settings
+from .errors import A2AError, InvalidRequestError, UnavailableError
+from .tracecontext import parse_traceparent
 from .v1 import a2a_pb2 as pb
 from .v1 import a2a_pb2_grpc as pb_grpc
 
@@ -41,6 +43,22 @@ async def _abort(context: grpc.aio.ServicerContext, exc: A2AError) -> None:
     await context.abort(grpc.StatusCode[exc.grpc_code], exc.message, trailing_metadata=tuple(metadata))
 
 
+def _trace_fields(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The caller's trace_id/span_id from its ``traceparent`` metadata (read only when logging)."""
+    metadata = getattr(context, "invocation_metadata", None)  # logging must not fail on a minimal context
+    for key, value in (metadata() if callable(metadata) else None) or ():
+        if key == TRACEPARENT_HEADER and isinstance(value, str):
+            trace = parse_traceparent(value)
+            return trace.log_fields() if trace is not None else {}
+    return {}
+
+
+def _log_refused(context: grpc.aio.ServicerContext, exc: A2AError, method: str) -> None:
+    if exc.http_status < 500 and log.isEnabledFor(logging.INFO):
+        log.info("request refused", extra={"method": method, "code": exc.code, "param": exc.param,
+                                           **_trace_fields(context)})
+
+
 def _translate(method: F) -> F:
     """Turn ``A2AError`` (and anything unexpected) into a gRPC status, for unary and streaming methods."""
     if inspect.isasyncgenfunction(method):
@@ -50,9 +68,10 @@ def _translate(method: F) -> F:
                 async for item in method(self, request, context):
                     yield item
             except A2AError as exc:
+                _log_refused(context, exc, method.__name__)
                 await _abort(context, exc)
             except Exception:
-                log.exception("unexpected error", extra={"method": method.__name__})
+                log.exception("unexpected error", extra={"method": method.__name__, **_trace_fields(context)})
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
         stream_wrapper.__name__ = method.__name__
@@ -62,9 +81,10 @@ def _translate(method: F) -> F:
         try:
             return await method(self, request, context)
         except A2AError as exc:
+            _log_refused(context, exc, method.__name__)
             await _abort(context, exc)
         except Exception:
-            log.exception("unexpected error", extra={"method": method.__name__})
+            log.exception("unexpected error", extra={"method": method.__name__, **_trace_fields(context)})
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     unary_wrapper.__name__ = method.__name__
@@ -114,6 +134,21 @@ class A2AServicer(pb_grpc.A2AServiceServicer):
     def __init__(self, store: Store, settings: Settings) -> None:
         self._store = store
         self._settings = settings
+        self._auth = Authenticator.from_settings(settings)  # None: --auth none
+
+    def _check(
+        self, context: grpc.aio.ServicerContext, action: Action, workflow_id: str | None = None,
+        agent: str | None = None,
+    ) -> None:
+        """The same rules as HTTP, from ``authorization: Bearer <token>`` metadata."""
+        if self._auth is None:
+            return
+        header = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str):
+                header = value
+                break
+        authorize(self._auth.authenticate(header), action, workflow_id, agent)
 
     # -- request field helpers (proto3 `optional` fields: unset -> server default)
 
@@ -140,6 +175,9 @@ class A2AServicer(pb_grpc.A2AServiceServicer):
 
     @_translate
     async def SendMessage(self, request: pb.SendMessageRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._check(context, Action.SEND, request.workflow_id, request.source_agent)
+        if self._store.closing:  # accepted now, a message could be dropped with a memory store
+            raise UnavailableError("shutting down: send to another replica")
         s = self._settings
         try:
             payload = check_payload_bytes(request.payload, max_depth=s.json_max_depth, max_size=s.max_message_size)
@@ -165,6 +203,7 @@ class A2AServicer(pb_grpc.A2AServiceServicer):
 
     @_translate
     async def ReceiveMessages(self, request: pb.ReceiveMessagesRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._check(context, Action.RECEIVE, request.workflow_id, request.agent_id)
         s = self._settings
         timeout = request.timeout_seconds if request.HasField("timeout_seconds") else s.default_receive_timeout
         if not (math.isfinite(timeout) and timeout >= 0):
@@ -180,6 +219,7 @@ class A2AServicer(pb_grpc.A2AServiceServicer):
 
     @_translate
     async def Subscribe(self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext) -> None:
+        self._check(context, Action.RECEIVE, request.workflow_id, request.agent_id)
         batch = self._batch(request)
         lease = self._lease(request)
         store = self._store
@@ -200,11 +240,13 @@ class A2AServicer(pb_grpc.A2AServiceServicer):
 
     @_translate
     async def AckMessages(self, request: pb.AckMessagesRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._check(context, Action.ACK, request.workflow_id, request.agent_id)
         result = await self._store.ack(request.workflow_id, request.agent_id, list(request.message_ids))
         return pb.AckMessagesResponse(acked=result.acked, not_found=result.not_found)
 
     @_translate
     async def GetWorkflowStatus(self, request: pb.GetWorkflowStatusRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._check(context, Action.STATUS, request.workflow_id)
         st = await self._store.status(request.workflow_id)
         out = pb.WorkflowStatus(
             workflow_id=st.workflow_id,
@@ -234,6 +276,7 @@ class A2AServicer(pb_grpc.A2AServiceServicer):
 
     @_translate
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._check(context, Action.STATS)
         st = await self._store.stats()
         return pb.SystemStats(
             active_workflows=st.active_workflows,
@@ -260,11 +303,13 @@ class A2AServicer(pb_grpc.A2AServiceServicer):
 
     @_translate
     async def DeleteWorkflow(self, request: pb.DeleteWorkflowRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._check(context, Action.DELETE)
         result = await self._store.delete_workflow(request.workflow_id)
         return pb.DeleteWorkflowResponse(workflow_id=result.workflow_id, dropped_messages=result.dropped_messages)
 
     @_translate
     async def RecordRequests(self, request: pb.RecordRequestsRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._check(context, Action.RECORD)
         if len(request.records) > self._settings.max_records_per_batch:
             raise InvalidRequestError(
                 f"at most {self._settings.max_records_per_batch} records per call", param="records", code="too_many"
@@ -289,11 +334,87 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS of the gRPC port (None: plaintext); with a client CA, callers without a certificate it signed are
+    refused in the handshake (mTLS)."""
+    if not settings.tls_cert_file:
+        return None
+    with open(settings.tls_key_file, "rb") as key, open(settings.tls_cert_file, "rb") as cert:
+        pair = (key.read(), cert.read())
+    ca = None
+    if settings.tls_client_ca_file:
+        with open(settings.tls_client_ca_file, "rb") as file:
+            ca = file.read()
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+
+class _Undecodable:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class _RefuseUndecodable(grpc.aio.ServerInterceptor):
+    """Bytes that are no valid request message: INVALID_ARGUMENT naming the type, instead of grpc.aio's UNKNOWN
+    (it decodes before any handler runs, so ``_translate`` never sees the error). Handlers are wrapped once
+    per method, not per call."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        method = details.method
+        if method in self._wrapped:
+            return self._wrapped[method]
+        handler = await continuation(details)
+        if handler is None:
+            return None  # unknown method: not cached, so made-up method names cannot grow the cache
+        if handler.request_deserializer is not None and not handler.request_streaming:
+            handler = self._wrap(handler)
+        self._wrapped[method] = handler
+        return handler
+
+    @staticmethod
+    def _wrap(handler: Any) -> Any:
+        decode = handler.request_deserializer
+
+        def safe_decode(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except Exception as exc:  # protobuf's DecodeError, or anything a codec raises
+                return _Undecodable(f"request is not a valid message: {exc}")
+
+        if handler.response_streaming and inspect.isasyncgenfunction(handler.unary_stream):
+            stream = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                if isinstance(request, _Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+                async for item in stream(request, context):
+                    yield item
+
+            return handler._replace(request_deserializer=safe_decode, unary_stream=unary_stream)
+        # Unary, or streaming through context.write() (Subscribe, health's Watch): a coroutine either way.
+        field = "unary_stream" if handler.response_streaming else "unary_unary"
+        unary = getattr(handler, field)
+        if not inspect.iscoroutinefunction(unary):
+            return handler
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+            return await unary(request, context)
+
+        return handler._replace(request_deserializer=safe_decode, **{field: unary_unary})
+
+
 class GrpcServer:
     """The gRPC server of one service process (A2A service + grpc.health.v1)."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.server = grpc.aio.server(
+            interceptors=[_RefuseUndecodable()],
             options=[
                 ("grpc.so_reuseport", 0),  # fail loudly if the port is taken instead of sharing it
                 ("grpc.max_receive_message_length", settings.max_message_size + GRPC_MESSAGE_OVERHEAD),
@@ -304,11 +425,13 @@ class GrpcServer:
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._address = format_address(settings.host, settings.grpc_port)
+        self._credentials = server_credentials(settings)
         self.port = 0
 
     async def start(self) -> int:
         try:
-            self.port = self.server.add_insecure_port(self._address)
+            self.port = (self.server.add_insecure_port(self._address) if self._credentials is None
+                         else self.server.add_secure_port(self._address, self._credentials))
         except RuntimeError as exc:  # grpc reports a taken port this way
             raise OSError(f"cannot bind gRPC port {self._address}: {exc}") from exc
         if not self.port:

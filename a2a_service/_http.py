@@ -23,12 +23,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from . import _wire
+from ._auth import Action, Authenticator, Principal, authorize, parse_token_request, www_authenticate
+from ._logging import reset_trace, set_trace
 from ._metrics import CONTENT_TYPE, Metrics
 from ._store import Store
 from ._types import Delivery
-from ._validation import sanitize_for_log
+from ._validation import check_id, sanitize_for_log
 from .config import ID_CHARSET, ID_MAX_LENGTH, Settings
-from .errors import A2AError, InvalidRequestError, MessageTooLargeError, NotFoundError, UnavailableError
+from .errors import (
+    A2AError,
+    InvalidRequestError,
+    MessageTooLargeError,
+    NotFoundError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 
 log = logging.getLogger("a2a_service.http")
 
@@ -176,6 +185,16 @@ class DeleteResultOut(BaseModel):
     dropped_messages: int
 
 
+class TokenBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttl: float | None = Field(None, gt=0, description="Token lifetime in seconds (default --auth-token-ttl)")
+
+
+class TokenOut(BaseModel):
+    token: str = Field(description="JWT to send as 'Authorization: Bearer <token>'")
+    expires_at: float = Field(description="Epoch seconds")
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -195,6 +214,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
         (400, "Malformed JSON"),
+        (401, "Missing, invalid or expired bearer token (only with --auth jwt)"),
+        (403, "The token does not cover this workflow/agent, or the call needs the admin token"),
         (404, "Unknown workflow"),
         (413, "Message too large"),
         (422, "Invalid field (named in error.param)"),
@@ -250,10 +271,25 @@ class HotPaths:
     through FastAPI against 17k/s through ``dispatch``. Both paths run the same functions below.
     """
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, auth: Authenticator | None = None) -> None:
         self.store = store
         self.settings = settings
         self.max_body = settings.max_body_size
+        self.auth = auth  # None: --auth none, every call allowed
+
+    def principal(self, scope: Scope) -> Principal:
+        """The caller, from its bearer token; ``UnauthenticatedError`` when missing or invalid."""
+        assert self.auth is not None
+        header = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = value.decode("latin-1")
+                break
+        return self.auth.authenticate(header)
+
+    def check(self, scope: Scope, action: Action, workflow_id: str | None = None, agent: str | None = None) -> None:
+        if self.auth is not None:
+            authorize(self.principal(scope), action, workflow_id, agent)
 
     async def read_body(self, scope: Scope, receive: Receive) -> bytes:
         """The request body, refused with 413 from Content-Length before reading when it is too large."""
@@ -285,14 +321,21 @@ class HotPaths:
                 return bytes(chunks)
 
     async def send(self, workflow_id: str, scope: Scope, receive: Receive) -> bytes:
+        # Authenticated before the body is read; the sender is known only once it is parsed.
+        principal = self.principal(scope) if self.auth is not None else None
+        if self.store.closing:  # accepted now, a message could be dropped with a memory store
+            raise UnavailableError("shutting down: send to another replica")
         try:
             request = _wire.parse_send(await self.read_body(scope, receive), workflow_id, self.settings)
         except A2AError as exc:
             await self.store.note_rejected(exc.code, workflow_id)
             raise
+        if principal is not None:
+            authorize(principal, Action.SEND, workflow_id, request.source_agent)
         return _wire.encode_send_result(workflow_id, await self.store.send(request))
 
     async def receive(self, workflow_id: str, agent_id: str, scope: Scope, receive: Receive) -> bytes:
+        self.check(scope, Action.RECEIVE, workflow_id, agent_id)
         p = _wire.parse_receive_query(scope["query_string"].decode("latin-1"), self.settings)
         store = self.store
         out = await store.receive(
@@ -310,6 +353,7 @@ class HotPaths:
         return _wire.encode_deliveries(out)
 
     async def ack(self, workflow_id: str, agent_id: str, scope: Scope, receive: Receive) -> bytes:
+        self.check(scope, Action.ACK, workflow_id, agent_id)
         ids = _wire.parse_ack(await self.read_body(scope, receive), self.settings)
         return _wire.encode(await self.store.ack(workflow_id, agent_id, ids))
 
@@ -340,6 +384,10 @@ class HotPaths:
             status, body = exc.http_status, _wire.encode(exc.to_json())
             if status in (429, 503):
                 headers.append((b"retry-after", b"1"))
+            elif isinstance(exc, UnauthenticatedError):
+                headers.append((b"www-authenticate", www_authenticate(exc).encode()))
+            if status < 500:
+                _log_refused(exc, path)
         except Exception:
             log.exception("unexpected error", extra={"path": sanitize_for_log(path, 200)})
             status, body = 500, _wire.encode(A2AError("internal error").to_json())
@@ -355,10 +403,20 @@ class A2AApp(FastAPI):
     hot: HotPaths | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        hot = self.hot
-        if hot is not None and scope["type"] == "http" and await hot.dispatch(scope, receive, send):
-            return
-        await super().__call__(scope, receive, send)
+        token = None
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"traceparent":  # for our logs only; the header is not forwarded anywhere
+                    token = set_trace(value.decode("latin-1"))
+                    break
+        try:
+            hot = self.hot
+            if hot is not None and scope["type"] == "http" and await hot.dispatch(scope, receive, send):
+                return
+            await super().__call__(scope, receive, send)
+        finally:
+            if token is not None:
+                reset_trace(token)
 
 
 # ---------------------------------------------------------------------- app
@@ -367,7 +425,9 @@ class A2AApp(FastAPI):
 def create_app(store: Store, settings: Settings, *, fast_path: bool = True) -> A2AApp:
     """The HTTP API over ``store``. The caller owns the store's lifecycle (``start``/``close``).
 
-    ``fast_path=False`` serves every route through FastAPI (same behaviour, slower; used by tests)."""
+    ``fast_path=False`` serves every route through FastAPI (same behaviour, slower; used by tests).
+    Raises ``ValueError`` when the ``--auth`` key files cannot be used."""
+    auth = Authenticator.from_settings(settings)
     app = A2AApp(
         title="A2A service",
         version="1.0.0",
@@ -375,13 +435,14 @@ def create_app(store: Store, settings: Settings, *, fast_path: bool = True) -> A
         '(`a2a_service.v1.A2AService`). Errors: `{"error": {"message", "type", "param", "code"}}`.',
     )
     metrics = Metrics()
-    hot = HotPaths(store, settings)
+    hot = HotPaths(store, settings, auth)
     app.hot = hot if fast_path else None
 
     # Fixed paths first, so that they are never taken for a workflow id.
     @app.get("/v1/workflows/stats", response_model=SystemStatsOut, tags=["workflows"])
-    async def get_stats() -> Response:
-        """System-wide figures (monotonic counters since start, plus current gauges)."""
+    async def get_stats(request: Request) -> Response:
+        """System-wide figures (monotonic counters since start, plus current gauges). Admin."""
+        hot.check(request.scope, Action.STATS)
         return Response(_wire.encode(await store.stats()), media_type=JSON)
 
     @app.post(
@@ -392,7 +453,8 @@ def create_app(store: Store, settings: Settings, *, fast_path: bool = True) -> A
         tags=["router"],
     )
     async def record_requests(request: Request) -> Response:
-        """Batched reports from the ext_proc router (ROUTED / COMPLETED records)."""
+        """Batched reports from the ext_proc router (ROUTED / COMPLETED records). Router or admin token."""
+        hot.check(request.scope, Action.RECORD)
         records = _wire.parse_records(await hot.read_body(request.scope, request.receive), settings)
         return Response(_wire.encode(await store.record(records)), media_type=JSON)
 
@@ -433,14 +495,36 @@ def create_app(store: Store, settings: Settings, *, fast_path: bool = True) -> A
     @app.get(
         "/v1/workflows/{workflow_id}/status", response_model=WorkflowStatusOut, responses=_ERRORS, tags=["workflows"]
     )
-    async def get_status(workflow_id: WorkflowId) -> Response:
+    async def get_status(workflow_id: WorkflowId, request: Request) -> Response:
         """The workflow's routing statistics and message queues."""
+        hot.check(request.scope, Action.STATUS, workflow_id)
         return Response(_wire.encode(await store.status(workflow_id)), media_type=JSON)
 
     @app.delete("/v1/workflows/{workflow_id}", response_model=DeleteResultOut, responses=_ERRORS, tags=["workflows"])
-    async def delete_workflow(workflow_id: WorkflowId) -> Response:
-        """Drop the workflow's queues (messages counted as dropped) and statistics."""
+    async def delete_workflow(workflow_id: WorkflowId, request: Request) -> Response:
+        """Drop the workflow's queues (messages counted as dropped) and statistics. Admin."""
+        hot.check(request.scope, Action.DELETE)
         return Response(_wire.encode(await store.delete_workflow(workflow_id)), media_type=JSON)
+
+    @app.post(
+        "/v1/workflows/{workflow_id}/agents/{agent_id}/token",
+        response_model=TokenOut,
+        responses=_ERRORS,
+        openapi_extra={
+            "requestBody": {"required": False, "content": {JSON: {"schema": TokenBody.model_json_schema()}}}
+        },
+        tags=["auth"],
+    )
+    async def issue_token(workflow_id: WorkflowId, agent_id: AgentId, request: Request) -> Response:
+        """Admin: a signed agent token for this workflow and agent (stateless: every replica accepts it)."""
+        hot.check(request.scope, Action.ISSUE_TOKEN)
+        if auth is None:
+            raise InvalidRequestError("authentication is off (--auth none): there are no tokens", code="auth_disabled")
+        check_id(workflow_id, "workflow_id")
+        check_id(agent_id, "agent_id")
+        ttl = parse_token_request(await hot.read_body(request.scope, request.receive))
+        token, expires_at = auth.issue(workflow_id, agent_id, ttl)
+        return Response(_wire.encode({"token": token, "expires_at": expires_at}), media_type=JSON)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
@@ -458,7 +542,33 @@ def create_app(store: Store, settings: Settings, *, fast_path: bool = True) -> A
         return Response(b'{"status":"ok"}', media_type=JSON)
 
     _install_error_handlers(app)
+    _declare_bearer(app, required=auth is not None)
     return app
+
+
+def _declare_bearer(app: FastAPI, *, required: bool) -> None:
+    """Declare the bearer scheme in the OpenAPI document: required on the /v1 routes with ``--auth jwt``,
+    optional (``{}`` alternative) without."""
+    base = app.openapi
+    security: list[dict[str, list[str]]] = [{"bearerAuth": []}] if required else [{"bearerAuth": []}, {}]
+
+    def openapi() -> dict[str, Any]:
+        schema = base()
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["bearerAuth"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "An agent token (JWT: workflow_id, agent_id, aud, exp), a router token, or the admin "
+            "token. Needed when the service runs with --auth jwt; see docs/security.md.",
+        }
+        for path, operations in schema.get("paths", {}).items():
+            if path.startswith("/v1/"):
+                for operation in operations.values():
+                    operation["security"] = security
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _unless_disconnected(receive: Receive, poll: Coroutine[Any, Any, list[Delivery]]) -> list[Delivery]:
@@ -483,8 +593,17 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
+def _log_refused(exc: A2AError, path: str) -> None:
+    """A 4xx answer at info level (with the caller's trace id when it sent a traceparent)."""
+    if log.isEnabledFor(logging.INFO):
+        log.info("request refused", extra={"status": exc.http_status, "code": exc.code, "param": exc.param,
+                                           "path": sanitize_for_log(path, 200)})
+
+
 def _error_response(exc: A2AError) -> Response:
     headers = {"retry-after": "1"} if exc.http_status in (429, 503) else None
+    if isinstance(exc, UnauthenticatedError):
+        headers = {"www-authenticate": www_authenticate(exc)}
     return Response(_wire.encode(exc.to_json()), status_code=exc.http_status, media_type=JSON, headers=headers)
 
 
@@ -493,6 +612,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, A2AError)
         if exc.http_status >= 500 and not isinstance(exc, UnavailableError):  # outages are logged by the store
             log.error("request failed", extra={"path": sanitize_for_log(request.url.path, 200), "code": exc.code})
+        elif exc.http_status < 500:
+            _log_refused(exc, request.url.path)
         return _error_response(exc)
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:

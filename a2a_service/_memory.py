@@ -87,7 +87,15 @@ class MemoryStore:
         self._waiters.clear()
 
     async def aclose(self) -> None:
-        """Nothing to release."""
+        """Nothing to release, but the messages still queued go with this process: say how many."""
+        stats = self.core.stats()
+        dropped = stats.queued_messages + stats.in_flight_messages
+        if dropped:
+            log.warning(
+                "memory store: queued messages dropped at shutdown (use --store redis:// to keep them)",
+                extra={"dropped_messages": dropped, "queued": stats.queued_messages,
+                       "in_flight": stats.in_flight_messages, "workflows": stats.active_workflows},
+            )
 
     async def ping(self) -> None:
         """Always ready."""

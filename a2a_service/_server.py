@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Iterator
 from types import TracebackType
 
@@ -44,6 +45,17 @@ def _listen(host: str, port: int) -> socket.socket:
         raise
     sock.setblocking(False)
     return sock
+
+
+def _ssl_options(settings: Settings) -> dict[str, object]:
+    """uvicorn's TLS settings: https with the service certificate; with a client CA, mTLS (a client without a
+    certificate signed by it fails the handshake)."""
+    if not settings.tls_cert_file:
+        return {}
+    options: dict[str, object] = {"ssl_certfile": settings.tls_cert_file, "ssl_keyfile": settings.tls_key_file}
+    if settings.tls_client_ca_file:
+        options.update(ssl_ca_certs=settings.tls_client_ca_file, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
 
 
 def make_store(settings: Settings) -> Store:
@@ -98,6 +110,7 @@ class A2AServer:
             log_config=None,
             server_header=False,
             timeout_graceful_shutdown=max(1, round(s.shutdown_grace)),
+            **_ssl_options(s),
         )
         self._uvicorn = _EmbeddedUvicorn(config)
         self._serving = asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="a2a-http")

@@ -12,12 +12,11 @@ server's ``code`` and ``param``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote
 
-import grpc
 import httpx
 import orjson
 
@@ -26,9 +25,6 @@ from ._types import (
     AckResult,
     DeleteResult,
     Delivery,
-    Message,
-    MessageCounters,
-    QueueStatus,
     RecordResult,
     RequestRecord,
     SendResult,
@@ -36,8 +32,9 @@ from ._types import (
     WorkflowStatus,
 )
 from .errors import A2AError, UnavailableError, error_from_wire
-from .v1 import a2a_pb2 as pb
-from .v1 import a2a_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from ._grpc_client import A2AGrpcClient
 
 __all__ = ["A2AClient", "A2AGrpcClient"]
 
@@ -55,6 +52,12 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
+def _headers(has_body: bool, auth: dict[str, str] | None) -> dict[str, str] | None:
+    if auth is None:
+        return _JSON_HEADERS if has_body else None
+    return {**_JSON_HEADERS, **auth} if has_body else auth
+
+
 class A2AClient:
     """HTTP client. ``timeout`` bounds each call on top of the long-poll wait it asks for."""
 
@@ -65,8 +68,11 @@ class A2AClient:
         timeout: float = 10.0,
         client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        token: str | None = None,
     ) -> None:
+        """``token``: bearer token (agent JWT or admin token) for services running with ``--auth jwt``."""
         self._timeout = timeout
+        self._auth = {"authorization": f"Bearer {token}"} if token else None
         self._owns_client = client is None
         self._http = client or httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
 
@@ -96,7 +102,7 @@ class A2AClient:
                 method,
                 path,
                 content=orjson.dumps(body) if body is not None else None,
-                headers=_JSON_HEADERS if body is not None else None,
+                headers=_headers(body is not None, self._auth),
                 params=params,
                 timeout=timeout if timeout is not None else self._timeout,
             )
@@ -169,6 +175,15 @@ class A2AClient:
         d = await self._call("DELETE", f"/v1/workflows/{_seg(workflow_id)}")
         return DeleteResult(d["workflow_id"], d["dropped_messages"])
 
+    async def issue_token(self, workflow_id: str, agent_id: str, *, ttl: float | None = None) -> tuple[str, float]:
+        """Admin (construct the client with the admin token): an agent token and its expiry (epoch seconds)."""
+        d = await self._call(
+            "POST",
+            f"/v1/workflows/{_seg(workflow_id)}/agents/{_seg(agent_id)}/token",
+            body={} if ttl is None else {"ttl": ttl},
+        )
+        return str(d["token"]), float(d["expires_at"])
+
     async def record_requests(self, records: Sequence[RequestRecord]) -> RecordResult:
         d = await self._call(
             "POST", "/v1/workflows/records", body={"records": [_wire.record_to_json(r) for r in records]}
@@ -197,246 +212,11 @@ def _http_error(response: httpx.Response) -> A2AError:
         return error_from_wire(f"HTTP {response.status_code}: {text}", http_status=response.status_code)
 
 
-# ---------------------------------------------------------------------- gRPC
+def __getattr__(name: str) -> Any:
+    # The gRPC client needs grpcio and the generated protobuf stubs. Loading them lazily keeps the HTTP client
+    # usable where they cannot be installed (e.g. AutoGen's virtualenv, which pins an older protobuf).
+    if name in ("A2AGrpcClient", "_grpc_error"):
+        from . import _grpc_client
 
-
-def _delivery_from_pb(m: pb.Message) -> Delivery:
-    message = Message(
-        message_id=m.message_id,
-        workflow_id=m.workflow_id,
-        source_agent=m.source_agent,
-        target_agent=m.target_agent,
-        message_type=m.message_type,
-        payload=m.payload or b"{}",
-        created_at=m.created_at,
-        expires_at=m.expires_at,
-    )
-    return Delivery(message, m.delivery_count, m.lease_expires_at if m.HasField("lease_expires_at") else None)
-
-
-def _counters_from_pb(c: pb.MessageCounters) -> MessageCounters:
-    return MessageCounters(c.sent, c.delivered, c.acked, c.redelivered, c.expired, c.rejected, c.dropped)
-
-
-def _grpc_error(exc: grpc.aio.AioRpcError) -> A2AError:
-    metadata = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
-    return error_from_wire(
-        exc.details() or exc.code().name,
-        code=metadata.get("a2a-error-code"),
-        param=metadata.get("a2a-error-param"),
-        grpc_code=exc.code().name,
-    )
-
-
-class A2AGrpcClient:
-    """gRPC client. ``timeout`` is the deadline of each call on top of the long-poll wait it asks for."""
-
-    def __init__(self, target: str, *, timeout: float = 10.0, channel: grpc.aio.Channel | None = None) -> None:
-        self._timeout = timeout
-        self._owns_channel = channel is None
-        self._channel = channel or grpc.aio.insecure_channel(
-            target,
-            options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
-        )
-        self.stub = pb_grpc.A2AServiceStub(self._channel)
-
-    async def close(self) -> None:
-        if self._owns_channel:
-            await self._channel.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def send(
-        self,
-        workflow_id: str,
-        source_agent: str,
-        target_agent: str,
-        payload: Any = UNSET,
-        *,
-        message_type: str | None = None,
-        ttl: float | None = None,
-    ) -> SendResult:
-        request = pb.SendMessageRequest(
-            workflow_id=workflow_id,
-            source_agent=source_agent,
-            target_agent=target_agent,
-            message_type=message_type or "",
-            payload=b"" if payload is UNSET else orjson.dumps(payload),
-        )
-        if ttl is not None:
-            request.ttl_seconds = ttl
-        try:
-            r = await self.stub.SendMessage(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _grpc_error(exc) from None
-        return SendResult(r.message_id, tuple(r.delivered_to), r.created_at, r.expires_at)
-
-    async def receive(
-        self,
-        workflow_id: str,
-        agent_id: str,
-        *,
-        timeout: float = 0.0,
-        max_messages: int = 10,
-        ack: bool = False,
-        visibility_timeout: float | None = None,
-    ) -> list[Delivery]:
-        request = pb.ReceiveMessagesRequest(
-            workflow_id=workflow_id, agent_id=agent_id, timeout_seconds=timeout, max_messages=max_messages, ack=ack
-        )
-        if visibility_timeout is not None:
-            request.visibility_timeout_seconds = visibility_timeout
-        try:
-            r = await self.stub.ReceiveMessages(request, timeout=timeout + self._timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _grpc_error(exc) from None
-        return [_delivery_from_pb(m) for m in r.messages]
-
-    async def subscribe_batches(
-        self,
-        workflow_id: str,
-        agent_id: str,
-        *,
-        max_messages: int | None = None,
-        ack: bool = False,
-        visibility_timeout: float | None = None,
-    ) -> AsyncIterator[list[Delivery]]:
-        """Server-streaming delivery: yields each batch as the server pushes it, until cancelled or the
-        server shuts down. At-most-once unless ``ack=True``."""
-        request = pb.SubscribeRequest(workflow_id=workflow_id, agent_id=agent_id, ack=ack)
-        if max_messages is not None:
-            request.max_messages = max_messages
-        if visibility_timeout is not None:
-            request.visibility_timeout_seconds = visibility_timeout
-        call = self.stub.Subscribe(request)
-        try:
-            async for response in call:
-                yield [_delivery_from_pb(m) for m in response.messages]
-        except grpc.aio.AioRpcError as exc:
-            raise _grpc_error(exc) from None
-        finally:
-            call.cancel()
-
-    async def subscribe(
-        self,
-        workflow_id: str,
-        agent_id: str,
-        *,
-        max_messages: int | None = None,
-        ack: bool = False,
-        visibility_timeout: float | None = None,
-    ) -> AsyncIterator[Delivery]:
-        """Like ``subscribe_batches``, one delivery at a time."""
-        async for batch in self.subscribe_batches(
-            workflow_id, agent_id, max_messages=max_messages, ack=ack, visibility_timeout=visibility_timeout
-        ):
-            for delivery in batch:
-                yield delivery
-
-    async def ack(self, workflow_id: str, agent_id: str, message_ids: Sequence[str]) -> AckResult:
-        try:
-            r = await self.stub.AckMessages(
-                pb.AckMessagesRequest(workflow_id=workflow_id, agent_id=agent_id, message_ids=message_ids),
-                timeout=self._timeout,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _grpc_error(exc) from None
-        return AckResult(tuple(r.acked), tuple(r.not_found))
-
-    async def status(self, workflow_id: str) -> WorkflowStatus:
-        try:
-            r = await self.stub.GetWorkflowStatus(
-                pb.GetWorkflowStatusRequest(workflow_id=workflow_id), timeout=self._timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _grpc_error(exc) from None
-        return WorkflowStatus(
-            workflow_id=r.workflow_id,
-            active_agents=r.active_agents,
-            agents=tuple(r.agents),
-            total_requests=r.total_requests,
-            affinity_hits=r.affinity_hits,
-            affinity_hit_rate=r.affinity_hit_rate,
-            failovers=r.failovers,
-            completed_requests=r.completed_requests,
-            failed_requests=r.failed_requests,
-            cache_hits=r.cache_hits,
-            cache_hit_rate=r.cache_hit_rate,
-            prompt_tokens=r.prompt_tokens,
-            cached_tokens=r.cached_tokens,
-            avg_routing_latency_seconds=r.avg_routing_latency_seconds,
-            assigned_instance=r.assigned_instance if r.HasField("assigned_instance") else None,
-            created_at=r.created_at,
-            last_updated=r.last_updated,
-            queued_messages=r.queued_messages,
-            in_flight_messages=r.in_flight_messages,
-            queues={a: QueueStatus(q.queued, q.in_flight) for a, q in r.queues.items()},
-            messages=_counters_from_pb(r.messages),
-        )
-
-    async def stats(self) -> SystemStats:
-        try:
-            r = await self.stub.GetStats(pb.GetStatsRequest(), timeout=self._timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _grpc_error(exc) from None
-        return SystemStats(
-            active_workflows=r.active_workflows,
-            max_workflows=r.max_workflows,
-            workflows_created=r.workflows_created,
-            workflows_expired=r.workflows_expired,
-            workflows_deleted=r.workflows_deleted,
-            total_requests=r.total_requests,
-            affinity_hits=r.affinity_hits,
-            affinity_hit_rate=r.affinity_hit_rate,
-            completed_requests=r.completed_requests,
-            cache_hits=r.cache_hits,
-            cache_hit_rate=r.cache_hit_rate,
-            prompt_tokens=r.prompt_tokens,
-            cached_tokens=r.cached_tokens,
-            records_rejected=r.records_rejected,
-            queues=r.queues,
-            queued_messages=r.queued_messages,
-            in_flight_messages=r.in_flight_messages,
-            messages=_counters_from_pb(r.messages),
-            rejected_by_code=dict(r.rejected_by_code),
-            uptime_seconds=r.uptime_seconds,
-        )
-
-    async def delete_workflow(self, workflow_id: str) -> DeleteResult:
-        try:
-            r = await self.stub.DeleteWorkflow(pb.DeleteWorkflowRequest(workflow_id=workflow_id), timeout=self._timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _grpc_error(exc) from None
-        return DeleteResult(r.workflow_id, r.dropped_messages)
-
-    async def record_requests(self, records: Sequence[RequestRecord]) -> RecordResult:
-        request = pb.RecordRequestsRequest(
-            records=[
-                pb.RequestRecord(
-                    request_id=r.request_id,
-                    workflow_id=r.workflow_id,
-                    agent_id=r.agent_id,
-                    instance=r.instance,
-                    affinity_hit=r.affinity_hit,
-                    failover=r.failover,
-                    routing_latency_seconds=r.routing_latency_seconds,
-                    timestamp=r.timestamp,
-                    kind=int(r.kind),  # type: ignore[arg-type]
-                    prompt_tokens=r.prompt_tokens,
-                    cached_tokens=r.cached_tokens,
-                    status_code=r.status_code,
-                )
-                for r in records
-            ]
-        )
-        try:
-            r = await self.stub.RecordRequests(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _grpc_error(exc) from None
-        return RecordResult(r.accepted, r.rejected)
+        return getattr(_grpc_client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

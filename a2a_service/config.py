@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8090
@@ -62,6 +62,32 @@ GRPC_MESSAGE_OVERHEAD = 64 * 1024
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
+# W3C Trace Context headers: passed through untouched, parsed only to put the trace id in our logs.
+TRACEPARENT_HEADER = "traceparent"
+TRACESTATE_HEADER = "tracestate"
+
+# ---------------------------------------------------------------------- authentication (docs/security.md)
+AUTH_MODES = ("none", "jwt")
+DEFAULT_AUTH = "none"  # the local demo and the tests run without tokens
+# Verification algorithms are this fixed list (flag), never the token header's choice. HS* verify with the
+# shared secret, the others with the public key.
+DEFAULT_AUTH_ALGORITHMS = "HS256"
+SUPPORTED_AUTH_ALGORITHMS = (
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+    "EdDSA",
+)  # fmt: skip
+DEFAULT_AUTH_AUDIENCE = "a2a-service"  # the "aud" every token must carry: tokens for other services are refused
+DEFAULT_AUTH_TOKEN_TTL = 3600.0  # seconds an issued agent token lives when the admin does not say
+MAX_AUTH_TOKEN_TTL = 7 * 24 * 3600.0
+AUTH_CLOCK_LEEWAY = 5.0  # seconds of clock skew tolerated on exp/nbf/iat between replicas and minters
+MIN_AUTH_SECRET_BYTES = 32  # HS256 keys shorter than the hash output are brute-forceable (RFC 7518 3.2)
+MIN_ADMIN_TOKEN_LENGTH = 16
+AUTH_HEADER = "authorization"
+CLAIM_WORKFLOW = "workflow_id"
+CLAIM_AGENT = "agent_id"
+CLAIM_ROLE = "role"
+AUTH_ROLES = ("agent", "router", "admin")  # router: may only RecordRequests (the ext_proc reporter)
+
 
 @dataclass(slots=True, frozen=True)
 class Settings:
@@ -94,6 +120,20 @@ class Settings:
     redis_prefix: str = DEFAULT_REDIS_PREFIX
     redis_timeout: float = DEFAULT_REDIS_TIMEOUT
     redis_pool_size: int = DEFAULT_REDIS_POOL_SIZE
+    # -- authentication (see _AUTH_FLAGS); secrets are kept out of repr() so they never reach a log line
+    auth: str = DEFAULT_AUTH
+    auth_secret: str = field(default="", repr=False)
+    auth_secret_file: str = ""
+    auth_public_key_file: str = ""
+    auth_algorithms: str = DEFAULT_AUTH_ALGORITHMS
+    auth_audience: str = DEFAULT_AUTH_AUDIENCE
+    auth_token_ttl: float = DEFAULT_AUTH_TOKEN_TTL
+    admin_token: str = field(default="", repr=False)
+    admin_token_file: str = ""
+    # -- TLS of both ports (see _TLS_FLAGS; docs/envoy-security.md); empty = plaintext
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
 
     @property
     def max_body_size(self) -> int:
@@ -131,6 +171,8 @@ class Settings:
             raise ValueError("redis_prefix must be 1..64 characters without whitespace")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        _validate_auth(self)
+        _validate_tls(self)
         return self
 
     @classmethod
@@ -181,6 +223,66 @@ _FLAGS: tuple[tuple[str, str, type], ...] = (
     ("redis_pool_size", "Redis connections per process (commands in flight at once; long-polls hold none)", int),
 )
 
+_AUTH_FLAGS: tuple[tuple[str, str, type], ...] = (
+    ("auth", f"bearer-token authentication: {' or '.join(AUTH_MODES)} (docs/security.md)", str),
+    ("auth_secret", "HS256/384/512 key of agent tokens (prefer the _FILE form or the env var: command lines "
+     f"are visible to other local users); at least {MIN_AUTH_SECRET_BYTES} bytes", str),
+    ("auth_secret_file", "file holding the HS* key (surrounding whitespace stripped)", str),
+    ("auth_public_key_file", "PEM public key verifying RS*/PS*/ES*/EdDSA tokens minted elsewhere", str),
+    ("auth_algorithms", f"comma-separated JWT algorithms accepted (of {', '.join(SUPPORTED_AUTH_ALGORITHMS)})",
+     str),
+    ("auth_audience", "the 'aud' claim every token must carry (and issued tokens get)", str),
+    ("auth_token_ttl", "seconds an issued agent token lives when the admin does not ask for less", float),
+    ("admin_token", f"opaque admin bearer token, at least {MIN_ADMIN_TOKEN_LENGTH} characters (prefer the "
+     "_FILE form or the env var)", str),
+    ("admin_token_file", "file holding the admin token", str),
+)  # fmt: skip
+
+
+def _validate_auth(s: Settings) -> None:
+    """Checks that need no file reads; the key files are read (and checked) when the server starts."""
+    if s.auth not in AUTH_MODES:
+        raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, got {s.auth!r}")
+    if not 0 < s.auth_token_ttl <= MAX_AUTH_TOKEN_TTL:
+        raise ValueError(f"auth_token_ttl must be > 0 and <= {MAX_AUTH_TOKEN_TTL:g}, got {s.auth_token_ttl}")
+    if s.auth == "none":
+        return
+    algorithms = auth_algorithms(s)
+    if not algorithms:
+        raise ValueError("auth_algorithms must name at least one algorithm")
+    unknown = [a for a in algorithms if a not in SUPPORTED_AUTH_ALGORITHMS]
+    if unknown:
+        raise ValueError(f"auth_algorithms: unsupported {', '.join(unknown)}")
+    if s.auth_secret and s.auth_secret_file:
+        raise ValueError("give auth_secret or auth_secret_file, not both")
+    if s.admin_token and s.admin_token_file:
+        raise ValueError("give admin_token or admin_token_file, not both")
+    has_secret = bool(s.auth_secret or s.auth_secret_file)
+    if any(a.startswith("HS") for a in algorithms) and not has_secret:
+        raise ValueError("--auth jwt with an HS* algorithm needs --auth-secret-file (or A2A_AUTH_SECRET)")
+    if any(not a.startswith("HS") for a in algorithms) and not s.auth_public_key_file:
+        raise ValueError("--auth jwt with RS*/PS*/ES*/EdDSA algorithms needs --auth-public-key-file")
+    if not s.auth_audience:
+        raise ValueError("auth_audience must not be empty")
+
+
+def auth_algorithms(s: Settings) -> tuple[str, ...]:
+    return tuple(a.strip() for a in s.auth_algorithms.split(",") if a.strip())
+
+
+_TLS_FLAGS: tuple[tuple[str, str, type], ...] = (
+    ("tls_cert_file", "serve HTTP (https) and gRPC over TLS with this PEM certificate", str),
+    ("tls_key_file", "PEM private key of --tls-cert-file", str),
+    ("tls_client_ca_file", "require client certificates signed by this PEM CA on both ports (mTLS)", str),
+)
+
+
+def _validate_tls(s: Settings) -> None:
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        raise ValueError("tls_cert_file and tls_key_file go together")
+    if s.tls_client_ca_file and not s.tls_cert_file:
+        raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+
 
 def env_var(field: str) -> str:
     return "A2A_" + field.upper()
@@ -193,7 +295,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         epilog="Every flag can also be set with the environment variable shown in brackets.",
     )
     defaults = Settings()
-    for name, text, typ in _FLAGS:
+    for name, text, typ in (*_FLAGS, *_AUTH_FLAGS, *_TLS_FLAGS):
         var = env_var(name)
         raw = env.get(var)
         default = getattr(defaults, name)

@@ -10,6 +10,10 @@ adapters translate them at one boundary each; the clients turn answers back into
     ├── InvalidRequestError       422  INVALID_ARGUMENT    invalid_request_error
     │   ├── MalformedJSONError    400                      (code malformed_json)
     │   └── MessageTooLargeError  413                      (code message_too_large)
+    ├── UnauthenticatedError      401  UNAUTHENTICATED     authentication_error  (code missing_token,
+    │                                                          invalid_token, token_expired)
+    ├── PermissionDeniedError     403  PERMISSION_DENIED   permission_error      (code wrong_workflow,
+    │                                                          wrong_agent, admin_required)
     ├── NotFoundError             404  NOT_FOUND           not_found_error
     ├── ResourceExhaustedError    429  RESOURCE_EXHAUSTED  resource_exhausted_error
     │   ├── QueueFullError                                 (code queue_full)
@@ -29,11 +33,13 @@ __all__ = [
     "MalformedJSONError",
     "MessageTooLargeError",
     "NotFoundError",
+    "PermissionDeniedError",
     "QueueFullError",
     "ResourceExhaustedError",
     "StoreUnavailableError",
     "TooManyAgentsError",
     "TooManyWorkflowsError",
+    "UnauthenticatedError",
     "UnavailableError",
     "error_from_wire",
 ]
@@ -82,6 +88,25 @@ class MessageTooLargeError(InvalidRequestError):
 
     http_status = 413
     default_code = "message_too_large"
+
+
+class UnauthenticatedError(A2AError):
+    """No bearer token, or one that does not verify (bad signature, expired, wrong audience, missing claims).
+    The message names the problem, never the token."""
+
+    http_status = 401
+    grpc_code = "UNAUTHENTICATED"
+    type = "authentication_error"
+    default_code = "invalid_token"
+
+
+class PermissionDeniedError(A2AError):
+    """A valid token that does not cover this call (another workflow or agent, or an admin operation)."""
+
+    http_status = 403
+    grpc_code = "PERMISSION_DENIED"
+    type = "permission_error"
+    default_code = "forbidden"
 
 
 class NotFoundError(A2AError):
@@ -138,6 +163,8 @@ _BY_CODE: dict[str, type[A2AError]] = {
 }
 _BY_HTTP: dict[int, type[A2AError]] = {
     400: MalformedJSONError,
+    401: UnauthenticatedError,
+    403: PermissionDeniedError,
     404: NotFoundError,
     413: MessageTooLargeError,
     422: InvalidRequestError,
@@ -146,6 +173,8 @@ _BY_HTTP: dict[int, type[A2AError]] = {
 }
 _BY_GRPC: dict[str, type[A2AError]] = {
     "INVALID_ARGUMENT": InvalidRequestError,
+    "UNAUTHENTICATED": UnauthenticatedError,
+    "PERMISSION_DENIED": PermissionDeniedError,
     "NOT_FOUND": NotFoundError,
     "RESOURCE_EXHAUSTED": ResourceExhaustedError,
     "UNAVAILABLE": UnavailableError,

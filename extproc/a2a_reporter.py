@@ -41,8 +41,13 @@ class A2AReporter:
         queue_limit: int = DEFAULT_QUEUE_LIMIT,
         batch: int = DEFAULT_BATCH,
         interval: float = DEFAULT_INTERVAL_S,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
         self.target = target
+        # A router (or admin) bearer token when the A2A service runs with --auth jwt; never logged.
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.credentials = credentials  # TLS (with a client certificate when the A2A service requires mTLS)
         self.batch = batch
         self.interval = interval
         # (kind, request_id, workflow_id, agent_id, instance, affinity_hit, failover, latency, ts, prompt,
@@ -77,7 +82,8 @@ class A2AReporter:
 
     # --- background ----------------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.target)
+        self._channel = (grpc.aio.insecure_channel(self.target) if self.credentials is None
+                         else grpc.aio.secure_channel(self.target, self.credentials))
         self._stub = a2a_pb2_grpc.A2AServiceStub(self._channel)
         self._task = asyncio.create_task(self._run(), name="a2a-reporter")
 
@@ -111,7 +117,7 @@ class A2AReporter:
                 failover=fail, routing_latency_seconds=lat, timestamp=ts, prompt_tokens=prompt,
                 cached_tokens=cached, status_code=status)
         try:
-            await self._stub.RecordRequests(request, timeout=DEFAULT_RPC_TIMEOUT_S)
+            await self._stub.RecordRequests(request, timeout=DEFAULT_RPC_TIMEOUT_S, metadata=self._metadata)
             self.sent += count
         except grpc.aio.AioRpcError as exc:
             self.dropped += count

@@ -8,12 +8,16 @@ underscores), so the server can be configured from a Kubernetes manifest without
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from a2a_service.config import ID_CHARSET as ID_CHARSET
 from a2a_service.config import ID_MAX_LENGTH
+from a2a_service.config import TRACEPARENT_HEADER as TRACEPARENT_HEADER
+from a2a_service.config import TRACESTATE_HEADER as TRACESTATE_HEADER
 
 ENV_PREFIX = "EXTPROC_"
 
@@ -22,9 +26,16 @@ DEFAULT_CLUSTER_HEADER = "x-upstream-cluster"
 WORKFLOW_ID_HEADER = "x-workflow-id"
 AGENT_ID_HEADER = "x-agent-id"
 SERVED_BY_HEADER = "x-served-by"
+# On responses of the fallback route (ext_proc did not answer, failure_mode_allow): served without affinity.
+FALLBACK_HEADER = "x-router-fallback"
 # Set by the router stream, read back by the observer stream of the same HTTP request.
 ROUTE_ID_HEADER = "x-workflow-route-id"
 METADATA_FIELD = "workflow_metadata"
+# Gateway API Inference Extension (endpoint-picker protocol): the chosen instance's ip:port travels in this
+# request header AND under this key in dynamic metadata namespace "envoy.lb" (gateways read either one).
+DESTINATION_ENDPOINT_HEADER = "x-gateway-destination-endpoint"
+DESTINATION_METADATA_NAMESPACE = "envoy.lb"
+DESTINATION_MODES = ("cluster-header", "endpoint")
 # Paths whose JSON body is parsed for routing; any other path is routed on headers only.
 LLM_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 
@@ -49,6 +60,12 @@ FAILURES_TO_MARK_DOWN = 3
 # Workflow and agent ids follow the A2A service's rules (ID_CHARSET, MAX_ID_LENGTH, imported above): they become
 # URL segments and stats keys there, so every id the router accepts is one the A2A service accepts too.
 MAX_ID_LENGTH = ID_MAX_LENGTH
+# A buffered request body arrives as one gRPC message: above Envoy's buffer limit (16 MiB by default) with room,
+# so Envoy's 413 is what a client meets first. Larger messages end the stream (Envoy then fails open).
+DEFAULT_MAX_GRPC_MESSAGE_BYTES = 256 * 1024 * 1024
+# Concurrent ext_proc streams per gRPC connection (each HTTP request holds one or two); Envoy multiplexes all of a
+# worker's streams over few connections, so this is the bound that matters.
+DEFAULT_MAX_CONCURRENT_STREAMS = 10_000
 # Expired workflows are popped from the front of the LRU at most this many per request: amortised O(1).
 EXPIRY_POPS_PER_REQUEST = 8
 
@@ -101,7 +118,20 @@ class Settings:
     prefix_capacity_blocks: int = DEFAULT_PREFIX_CAPACITY_BLOCKS
     grace_period: float = DEFAULT_GRACE_S
     drain_delay: float = DEFAULT_DRAIN_DELAY_S
+    max_grpc_message_bytes: int = DEFAULT_MAX_GRPC_MESSAGE_BYTES
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     log_level: str = "info"
+    # --- Gateway API Inference Extension and mTLS (docs/gateway-api.md, docs/envoy-security.md) ---
+    destination_mode: str = "cluster-header"
+    tls_cert_file: str | None = None  # serve ext_proc gRPC over TLS with this certificate ...
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None  # ... and require client certificates signed by this CA
+    a2a_tls_ca_file: str | None = None  # speak TLS to the A2A service (--a2a-url), trusting this CA ...
+    a2a_tls_cert_file: str | None = None  # ... presenting this client certificate (A2A requires mTLS)
+    a2a_tls_key_file: str | None = None
+    # --- A2A authentication (docs/security.md): the reporter's bearer token, from a file or EXTPROC_A2A_TOKEN
+    a2a_token_file: str | None = None
+    a2a_token: str | None = field(default=None, repr=False)
 
     def validate(self) -> Settings:
         if self.workflow_ttl <= 0:
@@ -118,11 +148,44 @@ class Settings:
             raise ValueError("--kv-index lmcache needs --lmcache-url")
         if self.poll_interval <= 0 or self.poll_timeout <= 0:
             raise ValueError("--poll-interval and --poll-timeout must be > 0")
+        if self.max_grpc_message_bytes < 1024 or self.max_concurrent_streams < 1:
+            raise ValueError("--max-grpc-message-bytes must be >= 1024 and --max-concurrent-streams >= 1")
         if self.prefix_capacity_blocks < 1:
             raise ValueError("--prefix-capacity-blocks must be >= 1")
         if not self.cluster_header or self.cluster_header.lower() != self.cluster_header:
             raise ValueError("--cluster-header must be a non-empty lower-case header name")
+        self._validate_gie_and_tls()
         return self
+
+    def _validate_gie_and_tls(self) -> None:
+        if self.destination_mode not in DESTINATION_MODES:
+            raise ValueError(f"--destination-mode must be one of {', '.join(DESTINATION_MODES)}")
+        if self.destination_mode == "endpoint":
+            destination_endpoints(self.backends)  # raises naming the backend without an ip:port URL
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("--tls-cert-file and --tls-key-file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
+        if (self.a2a_tls_cert_file is None) != (self.a2a_tls_key_file is None):
+            raise ValueError("--a2a-tls-cert-file and --a2a-tls-key-file go together")
+        if self.a2a_tls_cert_file is not None and self.a2a_tls_ca_file is None:
+            raise ValueError("--a2a-tls-cert-file needs --a2a-tls-ca-file")
+
+
+def destination_endpoints(backends: Sequence[Backend]) -> dict[str, str]:
+    """``ip:port`` of each backend's URL, the value an ORIGINAL_DST cluster connects to (Envoy does not resolve
+    names there, so the host must be an IP literal, e.g. a pod IP)."""
+    found: dict[str, str] = {}
+    for backend in backends:
+        parsed = urllib.parse.urlsplit(backend.url or "")
+        try:
+            host = ipaddress.ip_address(parsed.hostname or "")
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        except ValueError:
+            raise ValueError(f"--destination-mode endpoint needs name=http://IP:PORT for every backend; "
+                             f"{backend.cluster!r} has {backend.url!r}") from None
+        found[backend.cluster] = f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"
+    return found
 
 
 def _env(name: str, default: object) -> str | None:
@@ -189,7 +252,27 @@ def build_parser() -> argparse.ArgumentParser:
     add("--drain-delay", type=float, default=_env("drain-delay", DEFAULT_DRAIN_DELAY_S),
         help="seconds to keep serving after SIGTERM while reporting NOT_SERVING, so Envoy's health checks move "
         "new streams to other replicas first")
+    add("--max-grpc-message-bytes", type=int, default=_env("max-grpc-message-bytes", DEFAULT_MAX_GRPC_MESSAGE_BYTES),
+        help="largest ext_proc message (a buffered body) accepted; keep it above Envoy's buffer limit")
+    add("--max-concurrent-streams", type=int, default=_env("max-concurrent-streams", DEFAULT_MAX_CONCURRENT_STREAMS),
+        help="concurrent ext_proc streams per gRPC connection from Envoy")
     add("--log-level", default=_env("log-level", "info"), choices=["debug", "info", "warning", "error"])
+    add("--destination-mode", default=_env("destination-mode", "cluster-header"), choices=list(DESTINATION_MODES),
+        help="how the chosen instance is named to Envoy: 'cluster-header' (its cluster name in --cluster-header) "
+        f"or 'endpoint' (its ip:port in {DESTINATION_ENDPOINT_HEADER} and dynamic metadata "
+        f"{DESTINATION_METADATA_NAMESPACE}, as a Gateway API Inference Extension endpoint picker answers)")
+    add("--tls-cert-file", default=_env("tls-cert-file", None), help="serve gRPC over TLS with this PEM certificate")
+    add("--tls-key-file", default=_env("tls-key-file", None), help="PEM private key of --tls-cert-file")
+    add("--tls-client-ca-file", default=_env("tls-client-ca-file", None),
+        help="require client certificates signed by this PEM CA (mTLS)")
+    add("--a2a-tls-ca-file", default=_env("a2a-tls-ca-file", None),
+        help="report to the A2A service over TLS, trusting this PEM CA")
+    add("--a2a-tls-cert-file", default=_env("a2a-tls-cert-file", None),
+        help="client certificate presented to the A2A service (when it requires mTLS)")
+    add("--a2a-tls-key-file", default=_env("a2a-tls-key-file", None), help="PEM private key of --a2a-tls-cert-file")
+    add("--a2a-token-file", default=_env("a2a-token-file", None),
+        help="file holding the bearer token (router JWT or admin token) sent with reports when the A2A service "
+        f"runs with --auth jwt; or put the token itself in {ENV_PREFIX}A2A_TOKEN")
     return parser
 
 
@@ -217,5 +300,16 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         prefix_capacity_blocks=ns.prefix_capacity_blocks,
         grace_period=ns.grace_period,
         drain_delay=ns.drain_delay,
+        max_grpc_message_bytes=ns.max_grpc_message_bytes,
+        max_concurrent_streams=ns.max_concurrent_streams,
         log_level=ns.log_level,
+        destination_mode=ns.destination_mode,
+        tls_cert_file=ns.tls_cert_file,
+        tls_key_file=ns.tls_key_file,
+        tls_client_ca_file=ns.tls_client_ca_file,
+        a2a_tls_ca_file=ns.a2a_tls_ca_file,
+        a2a_tls_cert_file=ns.a2a_tls_cert_file,
+        a2a_tls_key_file=ns.a2a_tls_key_file,
+        a2a_token_file=ns.a2a_token_file or None,
+        a2a_token=os.environ.get(ENV_PREFIX + "A2A_TOKEN") or None,
     ).validate()

@@ -26,9 +26,6 @@ from extproc.servicer import ExtProcServicer
 
 log = logging.getLogger("extproc")
 
-# A buffered body travels to us in one gRPC message: accept anything Envoy's buffer limit lets through.
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-
 
 @dataclass(slots=True)
 class Running:
@@ -48,7 +45,40 @@ def build_reporter(settings: Settings) -> Reporter:
         return NullReporter()
     from extproc.a2a_reporter import A2AReporter  # imported lazily: only when reporting is on
 
-    return A2AReporter(settings.a2a_url)
+    return A2AReporter(settings.a2a_url, credentials=a2a_channel_credentials(settings), token=a2a_token(settings))
+
+
+def a2a_token(settings: Settings) -> str | None:
+    """The reporter's bearer token: the file's content (stripped) or EXTPROC_A2A_TOKEN."""
+    if settings.a2a_token_file is not None:
+        with open(settings.a2a_token_file, encoding="utf-8") as file:
+            return file.read().strip() or None
+    return settings.a2a_token
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS for the ext_proc port (None: plaintext); with a client CA, a client without a certificate signed by
+    it is refused during the handshake (mTLS from Envoy)."""
+    if settings.tls_cert_file is None:
+        return None
+    key, cert = _read(settings.tls_key_file), _read(settings.tls_cert_file)
+    assert key is not None and cert is not None
+    ca = _read(settings.tls_client_ca_file)
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def a2a_channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
+    if settings.a2a_tls_ca_file is None:
+        return None
+    return grpc.ssl_channel_credentials(_read(settings.a2a_tls_ca_file), _read(settings.a2a_tls_key_file),
+                                        _read(settings.a2a_tls_cert_file))
 
 
 async def start(settings: Settings, reporter: Reporter | None = None) -> Running:
@@ -79,15 +109,18 @@ async def start(settings: Settings, reporter: Reporter | None = None) -> Running
 
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_concurrent_streams", 10_000),
+            ("grpc.max_receive_message_length", settings.max_grpc_message_bytes),
+            ("grpc.max_send_message_length", settings.max_grpc_message_bytes),
+            ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
         ]
     )
     pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    grpc_port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    credentials = server_credentials(settings)
+    address = f"{settings.host}:{settings.grpc_port}"
+    grpc_port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address,
+                                                                                                      credentials)
     await server.start()
     for service in ("", "envoy.service.ext_proc.v3.ExternalProcessor"):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

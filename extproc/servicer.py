@@ -23,14 +23,21 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
 
+from a2a_service.tracecontext import parse_traceparent
 from extproc.config import (
     AGENT_ID_HEADER,
+    DESTINATION_ENDPOINT_HEADER,
+    DESTINATION_METADATA_NAMESPACE,
     FAILURES_TO_MARK_DOWN,
     LLM_PATHS,
     ROUTE_ID_HEADER,
+    TRACEPARENT_HEADER,
     WORKFLOW_ID_HEADER,
     Settings,
+    destination_endpoints,
 )
 from extproc.errors import BadRequest
 from extproc.metadata import RoutingInput, WorkflowMetadata, metadata_from_headers, parse_llm_body
@@ -51,15 +58,20 @@ _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _STATUS = frozenset({":status"})
 
 
+class _EmptyMessage(Exception):
+    """A ProcessingRequest with none of its ``request`` oneof set: the stream is refused (INVALID_ARGUMENT)."""
+
+
 class _Stream:
     """Per-stream state of either kind of stream."""
 
     __slots__ = ("agent_id", "header_metadata", "instance", "path", "request_id", "route_id", "status",
-                 "tail", "workflow_id")
+                 "tail", "traceparent", "workflow_id")
 
     def __init__(self) -> None:
         self.path = ""
         self.request_id = ""
+        self.traceparent: str | None = None  # the client's, parsed only when a log line needs its ids
         self.header_metadata: WorkflowMetadata | None = None
         self.instance: str | None = None
         self.route_id: str | None = None
@@ -100,6 +112,21 @@ def _set(mutation: pb.HeaderMutation, key: str, value: str) -> None:
     option.append_action = _OVERWRITE
 
 
+def _trace_fields(stream: _Stream) -> dict[str, str]:
+    trace = parse_traceparent(stream.traceparent) if stream.traceparent is not None else None
+    return trace.log_fields() if trace is not None else {}
+
+
+def _destination(address: str) -> tuple[base_pb2.HeaderValueOption, struct_pb2.Struct]:
+    option = base_pb2.HeaderValueOption(append_action=_OVERWRITE)
+    option.header.key = DESTINATION_ENDPOINT_HEADER
+    option.header.raw_value = address.encode()
+    metadata = struct_pb2.Struct()
+    metadata.fields[DESTINATION_METADATA_NAMESPACE].struct_value.fields[DESTINATION_ENDPOINT_HEADER].string_value = (
+        address)
+    return option, metadata
+
+
 class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
     def __init__(
         self,
@@ -126,9 +153,16 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         self.strip_metadata = not settings.keep_workflow_metadata
         self.cluster_header = settings.cluster_header
         self.prefix_routing = settings.prefix_routing
+        # Endpoint-picker mode: each instance's header option and envoy.lb metadata, built once.
+        self.destinations: dict[str, tuple[base_pb2.HeaderValueOption, struct_pb2.Struct]] | None = None
+        if settings.destination_mode == "endpoint":
+            self.destinations = {name: _destination(address)
+                                 for name, address in destination_endpoints(settings.backends).items()}
         # Consecutive gateway failures per instance (passive health checking between polls).
         self.failures: dict[str, int] = dict.fromkeys(router.instances, 0)
-        self._router_headers = frozenset({":path", WORKFLOW_ID_HEADER, AGENT_ID_HEADER, "x-request-id"})
+        self._router_headers = frozenset(
+            {":path", WORKFLOW_ID_HEADER, AGENT_ID_HEADER, "x-request-id", TRACEPARENT_HEADER}
+        )
         self._observer_headers = frozenset(
             {ROUTE_ID_HEADER, settings.cluster_header, WORKFLOW_ID_HEADER, AGENT_ID_HEADER, "x-request-id"}
         )
@@ -144,9 +178,13 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                     self.observe(message, stream)  # Envoy expects no answer
                 else:
                     yield await self.handle(message, stream)
+        except _EmptyMessage:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ProcessingRequest has no request field set")
+        except DecodeError as error:  # grpc.aio decodes lazily, inside our iteration of the stream
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a valid ProcessingRequest: {error}")
         except Exception:
             self.metrics.stream_errors.inc()
-            log.exception("ext_proc stream failed")
+            log.exception("ext_proc stream failed", extra=_trace_fields(stream))
             raise
         finally:
             if stream.tail is not None:  # observer stream cut before the response ended (client reset)
@@ -160,6 +198,8 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
             return await self._on_headers(message.request_headers, stream)
         if kind == "request_body":
             return await self._on_body(message.request_body, stream)
+        if kind is None:
+            raise _EmptyMessage
         # Not configured to be sent (trailers, responses): answer with an empty response of the same kind.
         response = pb.ProcessingResponse()
         getattr(response, kind).SetInParent()
@@ -170,19 +210,21 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         found = _header_map(headers, self._router_headers)
         stream.path = found.get(":path", "").partition("?")[0]
         stream.request_id = found.get("x-request-id", "")
+        stream.traceparent = found.get(TRACEPARENT_HEADER)  # never invented here (docs/troubleshooting.md)
         try:
             stream.header_metadata = metadata_from_headers(
                 found.get(WORKFLOW_ID_HEADER), found.get(AGENT_ID_HEADER)
             )
         except BadRequest as error:
-            self.metrics.bad_request(error.code)
-            return _immediate(error)
+            return self._refuse(error, stream)
         response = pb.ProcessingResponse()
         response.request_headers.SetInParent()  # upb: reading a sub-message does not set the oneof
         if headers.end_of_stream:
             # No body will follow (GET, empty POST): route on the headers alone.
             await self._route(response.request_headers.response, RoutingInput(stream.header_metadata), stream,
                               started)
+            if self.destinations is not None:
+                self._set_destination(response, response.request_headers.response, stream)
         return response
 
     async def _on_body(self, body: pb.HttpBody, stream: _Stream) -> pb.ProcessingResponse:
@@ -195,12 +237,21 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
             try:
                 routing = parse_llm_body(body.body, stream.header_metadata, strip_metadata=self.strip_metadata)
             except BadRequest as error:
-                self.metrics.bad_request(error.code)
-                return _immediate(error)
+                return self._refuse(error, stream)
         else:
             routing = RoutingInput(stream.header_metadata)
         await self._route(response.request_body.response, routing, stream, started)
+        if self.destinations is not None:
+            self._set_destination(response, response.request_body.response, stream)
         return response
+
+    def _refuse(self, error: BadRequest, stream: _Stream) -> pb.ProcessingResponse:
+        """Answer a bad request with its 400 (Envoy sends it to the client; nothing reaches a backend)."""
+        self.metrics.bad_request(error.code)
+        log.info("bad request", extra={"status": error.status, "code": error.code, "param": error.param,
+                                       "path": stream.path, "request_id": stream.request_id,
+                                       **_trace_fields(stream)})
+        return _immediate(error)
 
     async def _route(
         self, common: pb.CommonResponse, routing: RoutingInput, stream: _Stream, started: float
@@ -229,6 +280,14 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         common.clear_route_cache = True
         elapsed = time.perf_counter() - started
         self._account(decision, metadata, stream, elapsed)
+
+    def _set_destination(self, response: pb.ProcessingResponse, common: pb.CommonResponse, stream: _Stream) -> None:
+        """The endpoint-picker answer: the same ip:port in the header and in ``envoy.lb`` dynamic metadata (the
+        protocol forbids the two to differ). The cluster header stays set: the observer stream reads it."""
+        assert self.destinations is not None and stream.instance is not None
+        option, metadata = self.destinations[stream.instance]
+        common.header_mutation.set_headers.append(option)
+        response.dynamic_metadata.CopyFrom(metadata)
 
     async def _kv_lookup(self, routing: RoutingInput) -> dict[str, float] | None:
         """Share of the prompt each instance holds, per the LMCache controller (None: use the local index)."""
@@ -316,7 +375,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
             log.debug(
                 "routed",
                 extra={"instance": decision.instance, "reason": reason, "workflow_id": decision.workflow_id,
-                       "path": stream.path, "routing_us": round(elapsed * 1e6, 1)},
+                       "path": stream.path, "routing_us": round(elapsed * 1e6, 1), **_trace_fields(stream)},
             )
 
     # --- observer stream -----------------------------------------------------------------------------------

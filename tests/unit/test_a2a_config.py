@@ -67,10 +67,11 @@ def test_public_names_are_pinned():
     assert sorted(a2a_service.__all__) == [
         "A2AClient", "A2AError", "A2AGrpcClient", "A2AServer", "AckResult", "DeleteResult", "Delivery",
         "InvalidRequestError", "MalformedJSONError", "MemoryStore", "Message", "MessageCounters",
-        "MessageTooLargeError", "NotFoundError", "QueueCore", "QueueFullError", "QueueStatus", "RecordKind",
+        "MessageTooLargeError", "NotFoundError", "PermissionDeniedError", "QueueCore", "QueueFullError",
+        "QueueStatus", "RecordKind",
         "RecordResult", "RedisStore", "RequestRecord", "ResourceExhaustedError", "SendRequest", "SendResult",
         "Settings", "Store", "StoreUnavailableError", "SystemStats", "TooManyAgentsError", "TooManyWorkflowsError",
-        "UnavailableError", "WorkflowStatus",
+        "UnauthenticatedError", "UnavailableError", "WorkflowStatus",
         "create_app",
     ]  # fmt: skip
     for name in a2a_service.__all__:
