@@ -499,7 +499,7 @@ def comparison(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (about 10 s instead of 40 s)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -510,7 +510,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="URL",
         help="also measure a service on this store (redis://host:port/db), after the memory store",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     runs = [run_store(store, args.quick) for store in ["memory", *args.store]]
     for r in runs:
         if len(runs) > 1:

@@ -482,7 +482,7 @@ QUICK_WORKLOAD = WorkloadConfig(workflows=6, arrival_rate=2.0, chain_agents=(2, 
 FULL_WORKLOAD = WorkloadConfig()
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compare-routers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny workload and fleet (a few seconds per contender)")
@@ -504,7 +504,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json-out", type=Path, default=None, help="write every figure to this JSON file")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG: TTFT CDFs and hit rates")
     parser.add_argument("--run-dir", type=Path, default=None, help="logs of the fleets and routers")
-    return parser.parse_args(argv)
+    return parser
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def select_contenders(spec: str) -> list[Contender]:

@@ -224,7 +224,7 @@ def routing_decision_times(active_workflows: int, samples: int) -> tuple[float, 
     return times[len(times) // 2], times[int(len(times) * 0.99)]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few seconds per measurement")
     parser.add_argument("--duration", type=float, default=None, help="seconds of load per gateway")
@@ -235,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas-compare", action="store_true",
                         help="also compare the request rate with one vs two ext_proc replicas (Redis store)")
     parser.add_argument("--json-out", type=Path, default=None)
-    ns = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
     duration = ns.duration or (1.5 if ns.quick else 10.0)
     rounds = ns.rounds or (1 if ns.quick else 3)
     run_dir = Path(tempfile_dir())

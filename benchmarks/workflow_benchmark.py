@@ -227,7 +227,7 @@ def print_summary(report: dict[str, object], ns: argparse.Namespace) -> None:
         print(f"  Throughput: {a2a['throughput_msgs_s']:.1f} msgs/sec")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://localhost:8001", help="the gateway (Envoy) URL")
     parser.add_argument("--agents", type=int, default=5)
@@ -241,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="start a local stack (port 0) and benchmark it instead of --url")
     parser.add_argument("--time-scale", type=float, default=1.0, help="with --local-stack: simulated GPU time scale")
     parser.add_argument("--json-out", type=Path, default=None)
-    ns = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
     if ns.quick:
         ns.agents, ns.iterations, ns.messages, ns.max_tokens = 2, 2, 20, 8
     if ns.local_stack:

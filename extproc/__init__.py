@@ -6,6 +6,9 @@ from extproc.metadata import ContextSharing, RoutingInput, WorkflowMetadata, par
 from extproc.routing.policy import Decision, Router
 from extproc.routing.workflows import WorkflowTable
 
+# The installed distribution's version wins (workflow-router --version); this is for a source checkout.
+__version__ = "0.1.0"
+
 __all__ = [
     "Backend",
     "BadRequest",

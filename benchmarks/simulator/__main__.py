@@ -31,7 +31,7 @@ from .config import (
 from .profile import DEFAULT_PROFILE, load_profile, profile_field_types
 from .server import serve
 
-__all__ = ["build_config", "main", "parse_args"]
+__all__ = ["build_config", "build_parser", "main", "parse_args"]
 
 # Profile fields that get their own flag (``model`` is set with --model, which names the served model).
 _PROFILE_FLAGS = [name for name in profile_field_types() if name != "model"]
@@ -74,8 +74,12 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return p
 
 
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    return _parser(os.environ if env is None else env)
+
+
 def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> argparse.Namespace:
-    return _parser(os.environ if env is None else env).parse_args(argv)
+    return build_parser(env).parse_args(argv)
 
 
 def build_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> SimConfig:
