@@ -433,6 +433,8 @@ def create_app(store: Store, settings: Settings, *, fast_path: bool = True) -> A
         version="1.0.0",
         description="Agent-to-agent message queues and workflow status/stats. Same operations over gRPC "
         '(`a2a_service.v1.A2AService`). Errors: `{"error": {"message", "type", "param", "code"}}`.',
+        # A trailing slash (e.g. a decoded %2F in an id) is a 404 JSON error, not a bodiless 307 redirect.
+        redirect_slashes=False,
     )
     metrics = Metrics()
     hot = HotPaths(store, settings, auth)

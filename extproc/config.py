@@ -63,6 +63,9 @@ MAX_ID_LENGTH = ID_MAX_LENGTH
 # A buffered request body arrives as one gRPC message: above Envoy's buffer limit (16 MiB by default) with room,
 # so Envoy's 413 is what a client meets first. Larger messages end the stream (Envoy then fails open).
 DEFAULT_MAX_GRPC_MESSAGE_BYTES = 256 * 1024 * 1024
+# A FULL_DUPLEX_STREAMED body is not buffered by Envoy (its buffer limit does not apply): the server accumulates
+# the chunks itself and refuses a larger body with a 413, at the buffered path's bound (Envoy's default limit).
+DEFAULT_MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024
 # Concurrent ext_proc streams per gRPC connection (each HTTP request holds one or two); Envoy multiplexes all of a
 # worker's streams over few connections, so this is the bound that matters.
 DEFAULT_MAX_CONCURRENT_STREAMS = 10_000
@@ -120,6 +123,7 @@ class Settings:
     drain_delay: float = DEFAULT_DRAIN_DELAY_S
     max_grpc_message_bytes: int = DEFAULT_MAX_GRPC_MESSAGE_BYTES
     max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
+    max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
     log_level: str = "info"
     # --- Gateway API Inference Extension and mTLS (docs/gateway-api.md, docs/envoy-security.md) ---
     destination_mode: str = "cluster-header"
@@ -152,6 +156,8 @@ class Settings:
             raise ValueError("--max-grpc-message-bytes must be >= 1024 and --max-concurrent-streams >= 1")
         if self.prefix_capacity_blocks < 1:
             raise ValueError("--prefix-capacity-blocks must be >= 1")
+        if self.max_request_body_bytes < 1:
+            raise ValueError("--max-request-body-bytes must be >= 1")
         if not self.cluster_header or self.cluster_header.lower() != self.cluster_header:
             raise ValueError("--cluster-header must be a non-empty lower-case header name")
         self._validate_gie_and_tls()
@@ -256,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest ext_proc message (a buffered body) accepted; keep it above Envoy's buffer limit")
     add("--max-concurrent-streams", type=int, default=_env("max-concurrent-streams", DEFAULT_MAX_CONCURRENT_STREAMS),
         help="concurrent ext_proc streams per gRPC connection from Envoy")
+    add("--max-request-body-bytes", type=int, default=_env("max-request-body-bytes", DEFAULT_MAX_REQUEST_BODY_BYTES),
+        help="largest request body accumulated from FULL_DUPLEX_STREAMED chunks (Envoy does not buffer them); "
+        "beyond: 413")
     add("--log-level", default=_env("log-level", "info"), choices=["debug", "info", "warning", "error"])
     add("--destination-mode", default=_env("destination-mode", "cluster-header"), choices=list(DESTINATION_MODES),
         help="how the chosen instance is named to Envoy: 'cluster-header' (its cluster name in --cluster-header) "
@@ -302,6 +311,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         drain_delay=ns.drain_delay,
         max_grpc_message_bytes=ns.max_grpc_message_bytes,
         max_concurrent_streams=ns.max_concurrent_streams,
+        max_request_body_bytes=ns.max_request_body_bytes,
         log_level=ns.log_level,
         destination_mode=ns.destination_mode,
         tls_cert_file=ns.tls_cert_file,

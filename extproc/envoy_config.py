@@ -63,6 +63,7 @@ LLM_RATELIMIT_FILTER = "workflow.ratelimit.llm"
 A2A_RATELIMIT_FILTER = "workflow.ratelimit.a2a"
 # Gateway API Inference Extension mode: one ORIGINAL_DST cluster; the ext_proc answer names the ip:port.
 GIE_CLUSTER = "inference-pool"
+REQUEST_BODY_MODES = {"buffered": "BUFFERED", "full-duplex": "FULL_DUPLEX_STREAMED"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,9 @@ class EnvoyOptions:
     per_try_idle_timeout_s: float | None = None
     # Envoy-wide bound on open client connections (overload manager); beyond it new connections are refused.
     max_downstream_connections: int = DEFAULT_MAX_DOWNSTREAM_CONNECTIONS
+    # "full-duplex": the router filter streams the body (FULL_DUPLEX_STREAMED, as gateways configure it for an
+    # InferencePool) instead of buffering it; the ext_proc server notices it per stream (docs/gateway-api.md).
+    request_body_mode: str = "buffered"
 
 
 def _duration(seconds: float) -> str:
@@ -421,9 +425,10 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
                 "processing_mode": {
                     "request_header_mode": "SEND",
                     "response_header_mode": "SKIP",
-                    "request_body_mode": "BUFFERED",
+                    "request_body_mode": REQUEST_BODY_MODES[options.request_body_mode],
                     "response_body_mode": "NONE",
-                    "request_trailer_mode": "SKIP",
+                    # Envoy refuses FULL_DUPLEX_STREAMED without trailers SEND (they may end the body).
+                    "request_trailer_mode": "SEND" if options.request_body_mode == "full-duplex" else "SKIP",
                     "response_trailer_mode": "SKIP",
                 },
             },
@@ -615,11 +620,14 @@ def _add_security_flags(parser: argparse.ArgumentParser) -> None:
     sec.add_argument("--gie", action="store_true",
                      help="Gateway API Inference Extension mode: an ORIGINAL_DST cluster routed by the "
                      f"{DESTINATION_ENDPOINT_HEADER} header (run ext_proc with --destination-mode endpoint)")
+    sec.add_argument("--request-body-mode", choices=list(REQUEST_BODY_MODES), default="buffered",
+                     help="how the router ext_proc filter gets the request body: buffered (one message) or "
+                     "full-duplex (FULL_DUPLEX_STREAMED chunks, as gateways configure an endpoint picker)")
 
 
 def _security_options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     found: dict[str, Any] = {"llm_rate_limit": ns.llm_rate_limit, "a2a_rate_limit": ns.a2a_rate_limit,
-                             "gie": ns.gie}
+                             "gie": ns.gie, "request_body_mode": ns.request_body_mode}
     if ns.jwt_issuer or ns.jwt_audience or ns.jwt_jwks_file or ns.jwt_jwks:
         if not (ns.jwt_issuer and ns.jwt_audience) or bool(ns.jwt_jwks_file) == bool(ns.jwt_jwks):
             parser.error("JWT needs --jwt-issuer, --jwt-audience and one of --jwt-jwks-file / --jwt-jwks")

@@ -27,3 +27,12 @@ class BadRequest(Exception):
                 }
             }
         )
+
+
+class BodyTooLarge(BadRequest):
+    """A streamed request body beyond the server's limit (Envoy does not bound FULL_DUPLEX_STREAMED bodies)."""
+
+    status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than {limit} bytes", None, "request_too_large")

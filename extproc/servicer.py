@@ -8,6 +8,9 @@ Envoy runs two ext_proc filters against this server, each opening one stream per
   ``workflow_metadata`` stripped (fixing ``content-length``).
 - the **observer** stream (``observability_mode``: Envoy does not wait, so it adds no latency). It sees the
   request headers the router set and the response, which tell when the request finished and its ``usage``.
+
+A router stream whose filter runs ``FULL_DUPLEX_STREAMED`` (Envoy says so in the first message's
+``protocol_config``; gateways configure it for an InferencePool) takes a separate path, ``_full_duplex``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
@@ -39,7 +43,7 @@ from extproc.config import (
     Settings,
     destination_endpoints,
 )
-from extproc.errors import BadRequest
+from extproc.errors import BadRequest, BodyTooLarge
 from extproc.metadata import RoutingInput, WorkflowMetadata, metadata_from_headers, parse_llm_body
 from extproc.metrics import Metrics
 from extproc.reporting import Reporter
@@ -56,10 +60,15 @@ log = logging.getLogger("extproc")
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _STATUS = frozenset({":status"})
+_FULL_DUPLEX = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
 
 
 class _EmptyMessage(Exception):
     """A ProcessingRequest with none of its ``request`` oneof set: the stream is refused (INVALID_ARGUMENT)."""
+
+
+class _OutOfOrder(Exception):
+    """A full-duplex message Envoy cannot send before the request body ended: the stream is refused."""
 
 
 class _Stream:
@@ -127,6 +136,21 @@ def _destination(address: str) -> tuple[base_pb2.HeaderValueOption, struct_pb2.S
     return option, metadata
 
 
+def _drop_header(mutation: pb.HeaderMutation, key: str) -> None:
+    kept = [option for option in mutation.set_headers if option.header.key != key]
+    del mutation.set_headers[:]
+    mutation.set_headers.extend(kept)
+
+
+def _echo_response_body(body: pb.HttpBody) -> pb.ProcessingResponse:
+    """A full-duplex response chunk goes back unchanged: Envoy forwards only what the server returns."""
+    response = pb.ProcessingResponse()
+    streamed = response.response_body.response.body_mutation.streamed_response
+    streamed.body = body.body
+    streamed.end_of_stream = body.end_of_stream
+    return response
+
+
 class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
     def __init__(
         self,
@@ -153,6 +177,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         self.strip_metadata = not settings.keep_workflow_metadata
         self.cluster_header = settings.cluster_header
         self.prefix_routing = settings.prefix_routing
+        self.max_request_body_bytes = settings.max_request_body_bytes
         # Endpoint-picker mode: each instance's header option and envoy.lb metadata, built once.
         self.destinations: dict[str, tuple[base_pb2.HeaderValueOption, struct_pb2.Struct]] | None = None
         if settings.destination_mode == "endpoint":
@@ -172,14 +197,22 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
     ) -> AsyncIterator[pb.ProcessingResponse]:
         self.metrics.streams.inc()
         stream = _Stream()
+        first = True  # Envoy sends protocol_config with a stream's first message only
         try:
             async for message in request_iterator:
                 if message.observability_mode:
                     self.observe(message, stream)  # Envoy expects no answer
+                elif first and message.protocol_config.request_body_mode == _FULL_DUPLEX:
+                    async for response in self._full_duplex(message, request_iterator, stream):
+                        yield response
+                    return
                 else:
                     yield await self.handle(message, stream)
+                first = False
         except _EmptyMessage:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ProcessingRequest has no request field set")
+        except _OutOfOrder as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except DecodeError as error:  # grpc.aio decodes lazily, inside our iteration of the stream
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a valid ProcessingRequest: {error}")
         except Exception:
@@ -245,8 +278,87 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
             self._set_destination(response, response.request_body.response, stream)
         return response
 
+    # --- router stream, FULL_DUPLEX_STREAMED request body ----------------------------------------------------
+    async def _full_duplex(
+        self, first: pb.ProcessingRequest, messages: AsyncIterator[pb.ProcessingRequest], stream: _Stream
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        """Envoy streams the body chunks without waiting for the headers answer, and forwards only the body the
+        server sends back. The decision needs the whole body, so the headers answer (cluster/destination
+        headers, ``envoy.lb`` metadata, ``clear_route_cache``) waits until the body ended; then the body goes
+        back in a ``streamed_response``. Envoy requires that order: headers, body, trailers."""
+        if first.WhichOneof("request") != "request_headers":
+            raise _OutOfOrder("a full-duplex stream must start with request_headers")
+        headers = first.request_headers
+        answer = await self._on_headers(headers, stream)
+        if headers.end_of_stream or answer.HasField("immediate_response"):
+            yield answer  # no body follows (routed on the headers, as in the buffered mode), or refused
+            if answer.HasField("immediate_response"):
+                return
+        else:
+            body = bytearray()
+            async for message in messages:
+                kind = message.WhichOneof("request")
+                if kind == "request_body":
+                    chunk = message.request_body
+                    if len(body) + len(chunk.body) > self.max_request_body_bytes:
+                        yield self._refuse(BodyTooLarge(self.max_request_body_bytes), stream)
+                        return
+                    body += chunk.body
+                    if not chunk.end_of_stream:
+                        continue
+                elif kind == "request_trailers":
+                    pass  # the request ends with trailers instead of a body end_of_stream
+                elif kind is None:
+                    raise _EmptyMessage
+                else:
+                    raise _OutOfOrder(f"{kind} before the request body ended")
+                for response in await self._answer_full_duplex(answer, bytes(body), stream, kind == "request_trailers"):
+                    yield response
+                    if response.HasField("immediate_response"):
+                        return
+                break
+            else:
+                return  # the stream ended before the body did (client gone): nothing to answer
+        response_mode = first.protocol_config.response_body_mode
+        async for message in messages:  # the response side, when the gateway's filter sends it
+            if response_mode == _FULL_DUPLEX and message.WhichOneof("request") == "response_body":
+                yield _echo_response_body(message.response_body)
+            else:
+                yield await self.handle(message, stream)
+
+    async def _answer_full_duplex(
+        self, answer: pb.ProcessingResponse, body: bytes, stream: _Stream, trailers: bool
+    ) -> list[pb.ProcessingResponse]:
+        started = time.perf_counter()
+        if stream.path in LLM_PATHS:
+            try:
+                routing = parse_llm_body(body, stream.header_metadata, strip_metadata=self.strip_metadata)
+            except BadRequest as error:
+                return [self._refuse(error, stream)]
+        else:
+            routing = RoutingInput(stream.header_metadata)
+        common = answer.request_headers.response
+        await self._route(common, routing, stream, started)
+        if routing.rewritten_body is not None:
+            body = routing.rewritten_body
+            common.ClearField("body_mutation")  # travels in the body answer, not the headers answer
+            # In this mode Envoy drops content-length and ignores a mutation of it (the body goes upstream
+            # chunked), so the one _route set is left out rather than sent in vain.
+            _drop_header(common.header_mutation, "content-length")
+        if self.destinations is not None:
+            self._set_destination(answer, common, stream)
+        reply = pb.ProcessingResponse()
+        streamed = reply.request_body.response.body_mutation.streamed_response
+        streamed.body = body
+        streamed.end_of_stream = not trailers
+        if not trailers:
+            return [answer, reply]
+        ended = pb.ProcessingResponse()
+        ended.request_trailers.SetInParent()
+        return [answer, reply, ended]
+
     def _refuse(self, error: BadRequest, stream: _Stream) -> pb.ProcessingResponse:
-        """Answer a bad request with its 400 (Envoy sends it to the client; nothing reaches a backend)."""
+        """Answer a bad request with its 4xx (Envoy sends it to the client; nothing reaches a backend)."""
         self.metrics.bad_request(error.code)
         log.info("bad request", extra={"status": error.status, "code": error.code, "param": error.param,
                                        "path": stream.path, "request_id": stream.request_id,

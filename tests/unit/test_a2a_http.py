@@ -252,3 +252,12 @@ async def test_no_input_gives_a_500(client, body, path):
     assert r.status_code < 500, r.text
     if r.status_code >= 400:
         error_of(r)
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "POST"])
+@pytest.mark.parametrize("path", ["/v1/workflows/wf/", "/v1/workflows/%C2%BD%2F", "/v1/workflows/wf/status/"])
+async def test_trailing_slash_is_a_json_404_not_a_redirect(client, method, path):
+    # Found by the fuzzer: Starlette's redirect_slashes answered a bodiless 307 for a decoded %2F in an id.
+    r = await client.request(method, path)
+    assert r.status_code in (404, 405), (r.status_code, r.text)
+    error_of(r)
