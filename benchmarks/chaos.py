@@ -554,12 +554,15 @@ async def fault_instance_hang(run: Run) -> None:
              "ejections": f"cluster.{victim}.outlier_detection.ejections_enforced_total"}
     pattern = "^(" + "|".join(n.replace(".", r"\.") for n in names.values()) + ")$"
     before = await envoy_stats(run.stack, pattern)
+    failovers_before = await _failovers(run.stack)
     await _set_faults(run.stack, victim, hang=True)
     await asyncio.sleep(run.fault_s)
     await _set_faults(run.stack, victim, hang=False)
     after = await envoy_stats(run.stack, pattern)
     for note, stat in names.items():
         run.notes[note] = after.get(stat, 0) - before.get(stat, 0)
+    # Attempts retried away from the hung instance make the router hold it down and move its workflows.
+    run.notes["failovers"] = int(await _failovers(run.stack) - failovers_before)
 
 
 async def _failovers(stack: Stack) -> float:

@@ -52,9 +52,12 @@ DEFAULT_DRAIN_DELAY_S = 1.0
 DEFAULT_POLL_INTERVAL_S = 0.1
 DEFAULT_POLL_TIMEOUT_S = 0.5
 DEFAULT_PREFIX_CAPACITY_BLOCKS = 31_250
-# Consecutive failed responses (502/503/504 from Envoy) after which an instance is marked down until its next
-# successful health poll.
+# Consecutive failed attempts after which an instance is marked down: responses 502/503/504, or responses another
+# instance served after Envoy retried away from it (connect failure, reset, per-try idle timeout: a hang).
 FAILURES_TO_MARK_DOWN = 3
+# A passively marked-down instance stays down this long even if its /health answers (a hung engine often still
+# does); then the next successful poll brings it back.
+PASSIVE_HOLD_DOWN_S = 5.0
 
 # --- limits -------------------------------------------------------------------------------------------------
 # Workflow and agent ids follow the A2A service's rules (ID_CHARSET, MAX_ID_LENGTH, imported above): they become

@@ -37,7 +37,9 @@ from extproc.config import (
     DESTINATION_METADATA_NAMESPACE,
     FAILURES_TO_MARK_DOWN,
     LLM_PATHS,
+    PASSIVE_HOLD_DOWN_S,
     ROUTE_ID_HEADER,
+    SERVED_BY_HEADER,
     TRACEPARENT_HEADER,
     WORKFLOW_ID_HEADER,
     Settings,
@@ -59,7 +61,7 @@ from extproc.usage import TailBuffer, extract_usage
 log = logging.getLogger("extproc")
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_STATUS = frozenset({":status"})
+_OBSERVED_RESPONSE = frozenset({":status", SERVED_BY_HEADER})
 _FULL_DUPLEX = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
 
 
@@ -74,8 +76,8 @@ class _OutOfOrder(Exception):
 class _Stream:
     """Per-stream state of either kind of stream."""
 
-    __slots__ = ("agent_id", "header_metadata", "instance", "path", "request_id", "route_id", "status",
-                 "tail", "traceparent", "workflow_id")
+    __slots__ = ("agent_id", "header_metadata", "instance", "path", "request_id", "route_id", "served_by",
+                 "status", "tail", "traceparent", "workflow_id")
 
     def __init__(self) -> None:
         self.path = ""
@@ -88,6 +90,7 @@ class _Stream:
         self.workflow_id: str | None = None
         self.agent_id: str | None = None
         self.status = 0
+        self.served_by: str | None = None  # the cluster whose host answered (differs after a retry elsewhere)
         self.tail: TailBuffer | None = None
 
 
@@ -504,8 +507,10 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
             stream.request_id = found.get("x-request-id", "")
             stream.tail = TailBuffer()
         elif kind == "response_headers" and stream.tail is not None:
-            status = _header_map(message.response_headers, _STATUS).get(":status", "0")
+            found = _header_map(message.response_headers, _OBSERVED_RESPONSE)
+            status = found.get(":status", "0")
             stream.status = int(status) if status.isdigit() else 0
+            stream.served_by = found.get(SERVED_BY_HEADER)
             if message.response_headers.end_of_stream:
                 self._finish(stream)
         elif kind == "response_body" and stream.tail is not None:
@@ -514,12 +519,16 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                 # Envoy closes observer streams lazily: the response's end is the request's end.
                 self._finish(stream)
 
-    def _passive_health(self, instance: str, status: int) -> None:
-        if status in (502, 503, 504):
+    def _passive_health(self, instance: str, status: int, retried_away: bool) -> None:
+        """Failed attempts the poller cannot see: gateway errors, and attempts Envoy gave up on and retried on
+        another instance (refused, reset, or a per-try idle timeout: a hung engine whose /health still answers)."""
+        if status in (502, 503, 504) or retried_away:
             self.failures[instance] += 1
-            if self.failures[instance] == FAILURES_TO_MARK_DOWN:
-                log.warning("instance marked down after failed responses", extra={"instance": instance})
-                self.router.set_healthy(instance, False)  # until its next successful health poll
+            if self.failures[instance] >= FAILURES_TO_MARK_DOWN:  # every further failure extends the hold
+                if self.failures[instance] == FAILURES_TO_MARK_DOWN:
+                    log.warning("instance marked down after failed attempts",
+                                extra={"instance": instance, "hold_down_s": PASSIVE_HOLD_DOWN_S})
+                self.router.hold_down(instance, time.monotonic() + PASSIVE_HOLD_DOWN_S)
         elif status:
             self.failures[instance] = 0
 
@@ -530,10 +539,13 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         usage = extract_usage(stream.tail.data) if stream.status == 200 else None
         stream.tail = None
         instance = stream.instance or ""
+        served = stream.served_by
+        # In endpoint-picker mode x-served-by is an ip:port, not a cluster name: no retry signal there.
+        retried_away = served is not None and served != instance and self.destinations is None
         if instance in self.failures:
-            self._passive_health(instance, stream.status)
+            self._passive_health(instance, stream.status, retried_away)
         if usage is not None:
-            self.metrics.usage(instance, usage)
+            self.metrics.usage(served if retried_away and served in self.failures else instance, usage)
         if stream.workflow_id is not None:
             self.reporter.completed(
                 stream.request_id, stream.workflow_id, stream.agent_id, instance, usage, stream.status

@@ -32,6 +32,7 @@ swamped instance): 3 x prefix match (leading prompt blocks this instance was sen
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -80,6 +81,8 @@ class Router:
         self.prefix_index = prefix_index
         self.outstanding: dict[str, int] = dict.fromkeys(self.instances, 0)
         self.healthy: set[str] = set(self.instances)
+        # instance -> monotonic time before which a healthy poll does not bring it back (passive health)
+        self.held_down: dict[str, float] = {}
         self.snapshot: Mapping[str, BackendLoad] = {}
         self._rotation = 0
 
@@ -91,15 +94,28 @@ class Router:
         if self.outstanding[instance] > 0:
             self.outstanding[instance] -= 1
 
-    def set_healthy(self, instance: str, healthy: bool) -> None:
+    def set_healthy(self, instance: str, healthy: bool, now: float | None = None) -> None:
+        """Health from the poller. A held-down instance stays down until its time (``now``: monotonic seconds,
+        read from the clock when not given)."""
         if instance not in self.outstanding:
             return
         if healthy:
+            until = self.held_down.get(instance)
+            if until is not None:
+                if (time.monotonic() if now is None else now) < until:
+                    return
+                del self.held_down[instance]
             self.healthy.add(instance)
         elif instance in self.healthy:
             self.healthy.discard(instance)
             if self.prefix_index is not None:
                 self.prefix_index.forget(instance)  # a dead instance's cache is gone
+
+    def hold_down(self, instance: str, until: float) -> None:
+        """Mark down from observed failures; successful polls are ignored until ``until`` (monotonic)."""
+        if instance in self.outstanding:
+            self.held_down[instance] = until
+            self.set_healthy(instance, False)
 
     def publish(self, snapshot: Mapping[str, BackendLoad]) -> None:
         """Swap in the poller's latest immutable snapshot (one reference assignment)."""

@@ -136,3 +136,31 @@ async def test_requests_without_metadata_follow_their_prefix() -> None:
             assert all(c > 0 for c in cached[1:]), (group, cached)
         # Different prefixes still spread over the fleet.
         assert len({rs[0].headers["x-served-by"] for rs in results.values()}) >= 2
+
+
+async def test_hung_instance_is_marked_down_from_retried_attempts_and_its_workflow_moves() -> None:
+    """A hung engine whose /health still answers: the poller sees nothing wrong. With Envoy's per-try idle
+    timeout each attempt on it is reset and retried on another instance; the observer sees x-served-by differ
+    from the routed instance, counts it as a failed attempt and, after three, holds the instance down, so the
+    workflow moves (a failover) instead of paying an idle timeout on every request."""
+    with Stack(stack_options(with_a2a=False, per_try_idle_timeout_s=0.5)) as stack:
+        async with httpx.AsyncClient(timeout=30) as client:
+            workflow_id = f"hang-{uuid.uuid4().hex[:6]}"
+            first = await client.post(f"{stack.url}/v1/completions", json=body(workflow_id, CONTEXT))
+            assert first.status_code == 200
+            victim = first.headers["x-served-by"]
+            hang = await client.post(f"{stack.simulator_url(victim)}/sim/faults", json={"hang": True})
+            assert hang.status_code == 200
+            served = []
+            for step in range(6):
+                r = await client.post(f"{stack.url}/v1/completions", json=body(workflow_id, f"{CONTEXT} step {step}"))
+                assert r.status_code == 200, r.text  # retried on another instance: never lost
+                served.append(r.headers["x-served-by"])
+            assert victim not in served
+            metrics = (await client.get(f"http://127.0.0.1:{stack.extprocs[0].ports['metrics']}/metrics")).text
+            assert f'extproc_instance_healthy{{instance="{victim}"}} 0.0' in metrics
+            failovers = [line for line in metrics.splitlines()
+                         if line.startswith("extproc_routing_decisions_total") and 'reason="failover"' in line]
+            assert failovers and any(float(line.rsplit(" ", 1)[1]) >= 1 for line in failovers), failovers
+            # After the failover the workflow stays on its new instance.
+            assert len(set(served[3:])) == 1, served

@@ -240,3 +240,18 @@ def test_external_kv_index_fraction_replaces_the_local_prefix_score() -> None:
     decision = r.route(None, 0.0, blocks, {"vllm-3": 0.9, "vllm-1": 0.1})  # ... LMCache knows better
     assert decision.instance == "vllm-3" and decision.prefix_blocks > 0
     assert r.route(None, 0.0, blocks, None).instance in INSTANCES  # no answer: local index and load decide
+
+
+def test_held_down_instance_ignores_healthy_polls_until_its_time() -> None:
+    router = Router(["a", "b"], WorkflowTable(60.0, 10))
+    router.hold_down("a", until=100.0)
+    assert "a" not in router.healthy
+    router.set_healthy("a", True, now=99.0)  # a hung engine's /health may still answer
+    assert "a" not in router.healthy
+    router.set_healthy("a", True, now=100.0)
+    assert "a" in router.healthy and "a" not in router.held_down
+    router.set_healthy("a", False, now=101.0)  # plain poll failures are not held
+    router.set_healthy("a", True, now=101.5)
+    assert "a" in router.healthy
+    router.hold_down("unknown", until=100.0)  # not an instance: ignored
+    assert "unknown" not in router.held_down
