@@ -7,14 +7,13 @@ its own virtualenv (AutoGen pins an older protobuf than the gateway's gRPC stubs
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from a2a_service import NotFoundError, WorkflowStatus
+from a2a_service import WorkflowStatus
 from a2a_service.client import A2AClient
+from benchmarks.demo import wait_for_status
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 # Prefix caching reuses whole 16-token blocks from the start of the prompt, so every agent's prompt starts
@@ -54,20 +53,6 @@ class Call:
     served_by: str  # the gateway's x-served-by response header
     prompt_tokens: int
     cached_tokens: int
-
-
-async def wait_for_status(a2a: A2AClient, workflow_id: str, *, completed: int, timeout: float = 10.0) -> WorkflowStatus:
-    """The router reports requests in batches (every 50 ms): wait until ``completed`` of them show up."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            status = await a2a.status(workflow_id)
-            if status.completed_requests >= completed or time.monotonic() > deadline:
-                return status
-        except NotFoundError:
-            if time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(0.05)
 
 
 def check_workflow(status: WorkflowStatus, calls: Sequence[Call]) -> list[str]:
@@ -110,7 +95,7 @@ async def report(base_url: str, calls: Sequence[Call], problems: Sequence[str] =
     async with A2AClient(base_url) as a2a:
         for workflow_id in dict.fromkeys(c.workflow_id for c in calls):
             mine = [c for c in calls if c.workflow_id == workflow_id]
-            status = await wait_for_status(a2a, workflow_id, completed=len(mine))
+            status = await wait_for_status(a2a, workflow_id, completed=len(mine), timeout=10.0)
             print_status(status)
             problems += [f"{workflow_id}: {p}" for p in check_workflow(status, mine)]
     # One machine-readable line, so a test can check the same things itself.

@@ -62,7 +62,7 @@ async def assert_pinned_and_cached(stack: Stack, calls: list[dict[str, Any]], ag
             mine = [c for c in calls if c["workflow_id"] == workflow_id]
             served = {c["served_by"] for c in mine}
             assert len(served) == 1 and served <= set(stack.backends), (workflow_id, mine)
-            status = await wait_for_status(a2a, workflow_id, completed=len(mine))
+            status = await wait_for_status(a2a, workflow_id, completed=len(mine), timeout=10.0)
             assert status.assigned_instance in served
             assert status.total_requests == status.completed_requests == len(mine)
             assert status.affinity_hits == len(mine) - 1
