@@ -401,6 +401,7 @@ class A2AApp(FastAPI):
     """FastAPI, with the hot routes answered before the middleware stack (see ``HotPaths``)."""
 
     hot: HotPaths | None = None
+    draining: bool = False  # SIGTERM received: still serving, but /healthz says not ready (drain_delay)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = None
@@ -535,7 +536,7 @@ def create_app(store: Store, settings: Settings, *, fast_path: bool = True) -> A
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:
         """Readiness: 503 while shutting down or while the store (Redis) cannot be reached."""
-        if store.closing:
+        if store.closing or app.draining:
             return _error_response(UnavailableError("shutting down"))
         try:
             await store.ping()

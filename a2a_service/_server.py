@@ -156,10 +156,15 @@ class A2AServer:
             return
         self._stopped = True
         grace = self.settings.shutdown_grace
+        if self._health_watch is not None:
+            self._health_watch.cancel()  # nothing may report SERVING again
+        if self.settings.drain_delay > 0:
+            self.app.draining = True
+            await self._grpc.set_serving(False)
+            log.info("draining", extra={"drain_delay_s": self.settings.drain_delay})
+            await asyncio.sleep(self.settings.drain_delay)
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
-        if self._health_watch is not None:
-            self._health_watch.cancel()
         grpc_stopping = asyncio.create_task(self._grpc.stop(grace))
         await self.store.close()  # long-polls return now, with whatever is available
         waits: list[asyncio.Future[None]] = [grpc_stopping]

@@ -42,6 +42,10 @@ DEFAULT_CLEANUP_INTERVAL = 1.0  # seconds between background sweeps
 DEFAULT_MAX_ACK_IDS = 1000  # message ids per ack call
 DEFAULT_MAX_RECORDS_PER_BATCH = 10_000
 DEFAULT_SHUTDOWN_GRACE = 3.0  # seconds in-flight requests get after SIGTERM
+# Seconds after SIGTERM during which the service still serves everything but reports not ready (/healthz 503,
+# gRPC health NOT_SERVING), so a load balancer's health check (Envoy's: every second) moves new requests to other
+# replicas before this one refuses them. 0 (default): a single replica, nothing to move to.
+DEFAULT_DRAIN_DELAY = 0.0
 DEFAULT_LOG_LEVEL = "info"
 DEFAULT_STORE = "memory"  # or redis://host:port/db: queues and statistics shared by several replicas
 DEFAULT_REDIS_PREFIX = "a2a:"  # every Redis key (and the wake-up channel) starts with this
@@ -115,6 +119,7 @@ class Settings:
     max_ack_ids: int = DEFAULT_MAX_ACK_IDS
     max_records_per_batch: int = DEFAULT_MAX_RECORDS_PER_BATCH
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    drain_delay: float = DEFAULT_DRAIN_DELAY
     log_level: str = DEFAULT_LOG_LEVEL
     store: str = DEFAULT_STORE
     redis_prefix: str = DEFAULT_REDIS_PREFIX
@@ -156,7 +161,7 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("default_receive_timeout", "shutdown_grace"):
+        for name in ("default_receive_timeout", "shutdown_grace", "drain_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.default_message_ttl > self.max_message_ttl:
@@ -211,6 +216,8 @@ _FLAGS: tuple[tuple[str, str, type], ...] = (
     ("max_ack_ids", "message ids per ack call", int),
     ("max_records_per_batch", "request records per RecordRequests call", int),
     ("shutdown_grace", "seconds in-flight requests get after SIGTERM", float),
+    ("drain_delay", "seconds after SIGTERM of full service while reporting not ready (/healthz 503), so load "
+     "balancers move new requests to other replicas first; set it above their health-check interval", float),
     ("log_level", f"one of {', '.join(LOG_LEVELS)}", str),
     (
         "store",

@@ -192,3 +192,28 @@ async def test_metrics_endpoint(server, http):
         assert (await raw.get("/healthz")).status_code == 200
         assert (await raw.get("/docs")).status_code == 200
     assert "workflow_message_queue_size 1.0" in text and "workflow_active_count 1.0" in text
+
+
+async def test_drain_delay_reports_not_ready_but_keeps_serving(server_factory):
+    """SIGTERM with --drain-delay: /healthz and gRPC health say not ready at once (Envoy's health check moves
+    new requests away), while sends and receives are still served until the delay is over."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = await server_factory(drain_delay=1.5)
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=5) as c:
+        assert (await c.get("/healthz")).status_code == 200
+        stopping = asyncio.create_task(server.stop())
+        await asyncio.sleep(0.2)
+        ready = await c.get("/healthz")
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "shutting_down"
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+            assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        sent = await c.post("/v1/workflows/wf-drain/messages", json={
+            "source_agent": "a", "target_agent": "b", "message_type": "data", "payload": {"n": 1}})
+        assert sent.status_code == 201, sent.text  # still served while draining
+        got = await c.get("/v1/workflows/wf-drain/agents/b/messages", params={"timeout": 0})
+        assert got.status_code == 200 and len(got.json()) == 1
+        assert not stopping.done()
+        await asyncio.wait_for(stopping, timeout=10)
