@@ -267,6 +267,15 @@ def _local_reply_config(codes: Sequence[int] = JSON_ERROR_CODES) -> dict[str, An
     }
 
 
+def _json_error_codes(options: EnvoyOptions) -> tuple[int, ...]:
+    codes = JSON_ERROR_CODES + (JWT_ERROR_CODES if options.jwt is not None else ())
+    if options.request_body_mode == "full-duplex":
+        # Envoy buffers no body then, so a 413 can only be the ext_proc server's own JSON answer (over
+        # --max-request-body-bytes): mapping it would wrap that JSON into another error's message.
+        codes = tuple(code for code in codes if code != 413)
+    return codes
+
+
 def _jwt_filter(jwt: JwtOptions) -> dict[str, Any]:
     if (jwt.jwks is None) == (jwt.jwks_file is None):
         raise ValueError("a JWT provider needs exactly one of an inline JWKS or a JWKS file")
@@ -497,8 +506,7 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
             }],
         },
         "http_filters": http_filters,
-        "local_reply_config": _local_reply_config(
-            JSON_ERROR_CODES + JWT_ERROR_CODES if options.jwt is not None else JSON_ERROR_CODES),
+        "local_reply_config": _local_reply_config(_json_error_codes(options)),
     }
     clusters = [
         _cluster(name, [endpoint], failover=[(n, e) for n, e in options.backends if n != name])
