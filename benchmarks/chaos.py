@@ -28,7 +28,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,17 +47,6 @@ DEFAULT_TIME_SCALE = 0.01
 # LLM routes of the chaos stacks: a hung instance's attempt is reset after this long and retried elsewhere. The
 # simulated generations take milliseconds at the time scale above; real fleets need minutes (see the docs).
 CHAOS_PER_TRY_IDLE_TIMEOUT_S = 1.0
-
-
-# Children get PR_SET_PDEATHSIG, which fires when the *thread* that spawned them exits: processes restarted
-# during a scenario are spawned from this one thread, which lives as long as the process (asyncio.to_thread's
-# pool is shut down with each event loop, e.g. after every pytest-asyncio test, and would take them along).
-_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chaos-spawner")
-
-
-async def in_spawner(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run a blocking Stack operation (restart_*) off the event loop, in the long-lived spawner thread."""
-    return await asyncio.get_running_loop().run_in_executor(_SPAWNER, fn, *args)
 
 
 # --- values -----------------------------------------------------------------------------------------------------
@@ -521,7 +509,7 @@ async def fault_extproc_kill(run: Run) -> None:
     """SIGKILL ext_proc replica 0, restart it after the fault window."""
     run.stack.extprocs[0].kill()
     await asyncio.sleep(run.fault_s)
-    await in_spawner(run.stack.restart_extproc, 0)
+    await asyncio.to_thread(run.stack.restart_extproc, 0)
 
 
 async def fault_extproc_kill_replica(run: Run) -> None:
@@ -529,7 +517,7 @@ async def fault_extproc_kill_replica(run: Run) -> None:
     index = len(run.stack.extprocs) - 1
     run.stack.extprocs[index].kill()
     await asyncio.sleep(run.fault_s)
-    await in_spawner(run.stack.restart_extproc, index)
+    await asyncio.to_thread(run.stack.restart_extproc, index)
 
 
 def _victim(run: Run) -> str:
@@ -545,7 +533,7 @@ async def fault_instance_kill(run: Run) -> None:
     victim = _victim(run)
     run.stack.kill_simulator(victim)
     await asyncio.sleep(run.fault_s)
-    await in_spawner(run.stack.restart_simulator, victim)
+    await asyncio.to_thread(run.stack.restart_simulator, victim)
 
 
 async def fault_instance_hang(run: Run) -> None:
@@ -610,7 +598,7 @@ async def fault_a2a_kill_quiesced(run: Run) -> None:
     load.resume_a2a()
     await asyncio.sleep(run.fault_s)
     for index in range(len(run.stack.a2as)):
-        await in_spawner(run.stack.restart_a2a, index)
+        await asyncio.to_thread(run.stack.restart_a2a, index)
 
 
 async def fault_a2a_kill_live(run: Run) -> None:
@@ -619,23 +607,23 @@ async def fault_a2a_kill_live(run: Run) -> None:
         run.stack.kill_a2a(index)
     await asyncio.sleep(run.fault_s)
     for index in range(len(run.stack.a2as)):
-        await in_spawner(run.stack.restart_a2a, index)
+        await asyncio.to_thread(run.stack.restart_a2a, index)
 
 
 async def fault_redis_restart(run: Run) -> None:
     assert run.stack.redis is not None
     run.stack.redis.kill()
     await asyncio.sleep(run.fault_s)
-    await in_spawner(run.stack.restart_redis)
+    await asyncio.to_thread(run.stack.restart_redis)
 
 
 async def fault_envoy_restart(run: Run) -> None:
-    await in_spawner(run.stack.restart_envoy)
+    await asyncio.to_thread(run.stack.restart_envoy)
     run.notes["envoy_pid"] = run.stack.envoy.popen.pid if run.stack.envoy else 0
 
 
 async def fault_envoy_hot_restart(run: Run) -> None:
-    await in_spawner(run.stack.hot_restart_envoy)
+    await asyncio.to_thread(run.stack.hot_restart_envoy)
     parent = run.stack.retired_envoys[-1]
     deadline = time.monotonic() + 15
     while parent.alive() and time.monotonic() < deadline:  # the window lasts until the old Envoy has drained
