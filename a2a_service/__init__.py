@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._memory import MemoryStore
-from ._queue import QueueCore
-from ._store import Store
+from ._stores._memory import MemoryStore
+from ._stores._protocol import Store
+from ._stores._queue import QueueCore
 from ._types import (
     AckResult,
     DeleteResult,
@@ -44,9 +44,9 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._http import create_app
-    from ._redis import RedisStore
     from ._server import A2AServer
+    from ._stores._redis import RedisStore
+    from ._transports._http import create_app
     from .client import A2AClient, A2AGrpcClient
 
 __all__ = [
@@ -91,8 +91,8 @@ _LAZY = {
     "A2AClient": ".client",
     "A2AGrpcClient": ".client",
     "A2AServer": "._server",
-    "RedisStore": "._redis",
-    "create_app": "._http",
+    "RedisStore": "._stores._redis",
+    "create_app": "._transports._http",
 }
 
 

@@ -12,10 +12,10 @@ from types import TracebackType
 
 import uvicorn
 
-from ._grpc import GrpcServer
-from ._http import create_app
-from ._memory import MemoryStore
-from ._store import Store
+from ._stores._memory import MemoryStore
+from ._stores._protocol import Store
+from ._transports._grpc import GrpcServer
+from ._transports._http import create_app
 from .config import Settings
 from .errors import A2AError
 
@@ -63,7 +63,7 @@ def make_store(settings: Settings) -> Store:
     if settings.store == "memory":
         return MemoryStore(settings)
     try:
-        from ._redis import RedisStore
+        from ._stores._redis import RedisStore
     except ImportError as exc:
         raise ImportError("the Redis store needs redis-py: pip install 'envoy-workflow-router[redis]'") from exc
     return RedisStore(settings)

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from . import _wire
+from ._transports import _wire
 from ._types import (
     AckResult,
     DeleteResult,
@@ -34,7 +34,7 @@ from ._types import (
 from .errors import A2AError, UnavailableError, error_from_wire
 
 if TYPE_CHECKING:
-    from ._grpc_client import A2AGrpcClient
+    from ._transports._grpc_client import A2AGrpcClient
 
 __all__ = ["A2AClient", "A2AGrpcClient"]
 
@@ -216,7 +216,7 @@ def __getattr__(name: str) -> Any:
     # The gRPC client needs grpcio and the generated protobuf stubs. Loading them lazily keeps the HTTP client
     # usable where they cannot be installed (e.g. AutoGen's virtualenv, which pins an older protobuf).
     if name in ("A2AGrpcClient", "_grpc_error"):
-        from . import _grpc_client
+        from ._transports import _grpc_client
 
         return getattr(_grpc_client, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

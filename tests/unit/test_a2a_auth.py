@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from a2a_service import Settings
-from a2a_service._auth import (
+from a2a_service._transports._auth import (
     ADMIN,
     Action,
     Authenticator,

@@ -19,7 +19,7 @@ def test_importing_the_http_client_loads_no_grpc_or_protobuf() -> None:
 
 
 def test_the_grpc_client_is_still_reachable_from_client_and_the_package() -> None:
-    from a2a_service._grpc_client import A2AGrpcClient
+    from a2a_service._transports._grpc_client import A2AGrpcClient
 
     assert client.A2AGrpcClient is A2AGrpcClient is a2a_service.A2AGrpcClient
     assert set(client.__all__) == {"A2AClient", "A2AGrpcClient"}

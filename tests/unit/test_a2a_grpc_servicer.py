@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from a2a_service import MemoryStore, SendRequest, Settings
-from a2a_service._grpc import A2AServicer
+from a2a_service._transports._grpc import A2AServicer
 from a2a_service.v1 import a2a_pb2 as pb
 
 

@@ -1,4 +1,4 @@
-"""Table tests of the pure queue logic (``a2a_service._queue.QueueCore``): no asyncio, injected clock."""
+"""Table tests of the pure queue logic (``a2a_service._stores._queue.QueueCore``): no asyncio, injected clock."""
 
 from __future__ import annotations
 

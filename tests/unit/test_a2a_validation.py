@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from a2a_service import _validation as v
-from a2a_service import _wire
+from a2a_service._transports import _wire
 from a2a_service.config import Settings
 from a2a_service.errors import (
     A2AError,

@@ -121,7 +121,7 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
         # Help of the servers loads only their config modules.
         (["a2a", "--help"], ("benchmarks", "fastapi", "uvicorn", "grpc")),
         (["extproc", "--help"], ("benchmarks", "fastapi", "uvicorn", "grpc")),
-        (["sim", "--help"], ("grpc", "a2a_service._server", "a2a_service._http", "benchmarks.stack",
+        (["sim", "--help"], ("grpc", "a2a_service._server", "a2a_service._transports._http", "benchmarks.stack",
                              "benchmarks.compare_routers", "benchmarks.gateway_overhead")),
         # Starting the A2A service (refused here by its parser, after its module was imported) loads no
         # simulator or benchmark.

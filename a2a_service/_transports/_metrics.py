@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ._types import SystemStats
+from .._types import SystemStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -16,8 +16,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
-from ._queue import Clock, IdFactory, QueueCore, _uuid_hex
-from ._types import (
+from .._types import (
     AckResult,
     DeleteResult,
     Delivery,
@@ -28,9 +27,10 @@ from ._types import (
     SystemStats,
     WorkflowStatus,
 )
-from ._validation import sanitize_for_log
-from .config import Settings
-from .errors import A2AError
+from .._validation import sanitize_for_log
+from ..config import Settings
+from ..errors import A2AError
+from ._queue import Clock, IdFactory, QueueCore, _uuid_hex
 
 log = logging.getLogger("a2a_service.store")
 

@@ -16,16 +16,16 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from .._stores._protocol import Store
+from .._types import Delivery, RecordKind, RequestRecord, SendRequest
+from .._validation import check_payload_bytes
+from ..config import GRPC_MESSAGE_OVERHEAD, TRACEPARENT_HEADER, Settings
+from ..errors import A2AError, InvalidRequestError, UnavailableError
+from ..tracecontext import parse_traceparent
+from ..v1 import a2a_pb2 as pb
+from ..v1 import a2a_pb2_grpc as pb_grpc
 from ._auth import Action, Authenticator, authorize
-from ._store import Store
-from ._types import Delivery, RecordKind, RequestRecord, SendRequest
-from ._validation import check_payload_bytes
 from ._wire import DEFAULT_MESSAGE_TYPE
-from .config import GRPC_MESSAGE_OVERHEAD, TRACEPARENT_HEADER, Settings
-from .errors import A2AError, InvalidRequestError, UnavailableError
-from .tracecontext import parse_traceparent
-from .v1 import a2a_pb2 as pb
-from .v1 import a2a_pb2_grpc as pb_grpc
 
 log = logging.getLogger("a2a_service.grpc")
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import orjson
 
-from ._validation import check_id
-from .config import (
+from .._validation import check_id
+from ..config import (
     AUTH_CLOCK_LEEWAY,
     AUTH_ROLES,
     CLAIM_AGENT,
@@ -41,7 +41,7 @@ from .config import (
     Settings,
     auth_algorithms,
 )
-from .errors import (
+from ..errors import (
     A2AError,
     InvalidRequestError,
     MalformedJSONError,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from ._types import (
+from .._types import (
     AckResult,
     DeleteResult,
     Delivery,

@@ -9,7 +9,7 @@ from typing import Any, Self
 import grpc
 import orjson
 
-from ._types import (
+from .._types import (
     AckResult,
     DeleteResult,
     Delivery,
@@ -22,10 +22,10 @@ from ._types import (
     SystemStats,
     WorkflowStatus,
 )
-from .client import UNSET
-from .errors import A2AError, error_from_wire
-from .v1 import a2a_pb2 as pb
-from .v1 import a2a_pb2_grpc as pb_grpc
+from ..client import UNSET
+from ..errors import A2AError, error_from_wire
+from ..v1 import a2a_pb2 as pb
+from ..v1 import a2a_pb2_grpc as pb_grpc
 
 __all__ = ["A2AGrpcClient"]
 

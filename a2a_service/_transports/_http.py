@@ -22,15 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from . import _wire
-from ._auth import Action, Authenticator, Principal, authorize, parse_token_request, www_authenticate
-from ._logging import reset_trace, set_trace
-from ._metrics import CONTENT_TYPE, Metrics
-from ._store import Store
-from ._types import Delivery
-from ._validation import check_id, sanitize_for_log
-from .config import ID_CHARSET, ID_MAX_LENGTH, Settings
-from .errors import (
+from .._logging import reset_trace, set_trace
+from .._stores._protocol import Store
+from .._types import Delivery
+from .._validation import check_id, sanitize_for_log
+from ..config import ID_CHARSET, ID_MAX_LENGTH, Settings
+from ..errors import (
     A2AError,
     InvalidRequestError,
     MessageTooLargeError,
@@ -38,6 +35,9 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from . import _wire
+from ._auth import Action, Authenticator, Principal, authorize, parse_token_request, www_authenticate
+from ._metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("a2a_service.http")
 

@@ -95,9 +95,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from ._queue import Clock, IdFactory, _uuid_hex, check_ack, check_receive, check_record, check_send
-from ._redis_lua import PRELUDE, RECORD_FIELDS, SCRIPTS
-from ._types import (
+from .._types import (
     AckResult,
     DeleteResult,
     Delivery,
@@ -113,9 +111,9 @@ from ._types import (
     WorkflowStatus,
     ratio,
 )
-from ._validation import check_id, sanitize_for_log
-from .config import Settings
-from .errors import (
+from .._validation import check_id, sanitize_for_log
+from ..config import Settings
+from ..errors import (
     A2AError,
     NotFoundError,
     QueueFullError,
@@ -123,6 +121,8 @@ from .errors import (
     TooManyAgentsError,
     TooManyWorkflowsError,
 )
+from ._queue import Clock, IdFactory, _uuid_hex, check_ack, check_receive, check_record, check_send
+from ._redis_lua import PRELUDE, RECORD_FIELDS, SCRIPTS
 
 __all__ = ["RedisStore"]
 

@@ -9,8 +9,8 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from . import _validation as v
-from ._types import (
+from .. import _validation as v
+from .._types import (
     AckResult,
     DeleteResult,
     Delivery,
@@ -25,8 +25,8 @@ from ._types import (
     SystemStats,
     WorkflowStatus,
 )
-from .config import Settings
-from .errors import InvalidRequestError, MalformedJSONError
+from ..config import Settings
+from ..errors import InvalidRequestError, MalformedJSONError
 
 
 class MessageJSON(TypedDict):

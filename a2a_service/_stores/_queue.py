@@ -27,8 +27,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from . import _validation as v
-from ._types import (
+from .. import _validation as v
+from .._types import (
     AckResult,
     DeleteResult,
     Delivery,
@@ -44,8 +44,8 @@ from ._types import (
     WorkflowStatus,
     ratio,
 )
-from .config import BROADCAST_TARGET, Settings
-from .errors import (
+from ..config import BROADCAST_TARGET, Settings
+from ..errors import (
     A2AError,
     InvalidRequestError,
     MessageTooLargeError,
