@@ -246,10 +246,14 @@ class SimInstance:
         chat = parsed.kind == "chat"
         state = handle.state
         dumps = orjson.dumps
+        first = chat
         try:
-            if chat:
-                yield sse(dumps(chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None)))
             async for delta, last in handle.stream():
+                if first:
+                    # vLLM sends the role chunk on the first engine output, i.e. together with the first token,
+                    # not at admission (vllm/entrypoints/openai/serving_chat.py, chat_completion_stream_generator).
+                    first = False
+                    yield sse(dumps(chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None)))
                 reason = (state.finish_reason or "length") if last else None
                 if chat:
                     chunk = chat_chunk(rid, created, model, {"content": delta}, reason)
