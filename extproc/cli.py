@@ -4,7 +4,7 @@
 the module that uses it); ``workflow-router <command> --help`` prints that parser's help. Commands are imported
 only when run, so ``workflow-router a2a`` loads neither the simulator nor the benchmarks.
 ``workflow-router docs`` prints docs/cli.md (every command, flag, environment variable and default), generated
-from the same parsers.
+from the same parsers by extproc/_cli_docs.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import contextlib
 import importlib
 import importlib.util
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -98,11 +97,23 @@ def build_parser(command: Command, env: Mapping[str, str] | None = None) -> argp
     else:
         with _environ(env):
             parser = module.build_parser()
-    parser.prog = f"{PROG} {_path(command)}"
+    parser.prog = f"{PROG} {command_path(command)}"
     return parser
 
 
-def _path(command: Command) -> str:
+@contextlib.contextmanager
+def _environ(env: Mapping[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def command_path(command: Command) -> str:
     return f"bench {command.name}" if BENCHMARKS.get(command.name) is command else command.name
 
 
@@ -171,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if target is None:
         if args[:1] == ["docs"]:
+            from extproc._cli_docs import render_docs
+
             sys.stdout.write(render_docs())
             return 0
         if args[:1] == ["bench"]:
@@ -181,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_code(_top_parser().parse_args, args or ["--help"])
     command, rest = target
     if not available(command):
-        print(f"{PROG}: error: {_path(command)!r} is not in this checkout (no module {command.module})",
+        print(f"{PROG}: error: {command_path(command)!r} is not in this checkout (no module {command.module})",
               file=sys.stderr)
         return 2
     if wants_help(rest) and has_parser(command):
@@ -200,151 +213,6 @@ def _exit_code(function: Callable[[list[str]], Any], args: list[str]) -> int:
         print(exc.code, file=sys.stderr)
         return 1
     return result if isinstance(result, int) else 0
-
-
-# --- docs/cli.md -------------------------------------------------------------------------------------------
-# Prefixes of the environment variables the commands read; scrubbed while the docs are generated so that the
-# documented defaults do not depend on the shell that ran the generator.
-_ENV_PREFIXES = ("EXTPROC_", "A2A_", "STACK_", "VLLM_SIM_")
-# A module's own "[ENV] (default: X)" / "[env ENV; default X]" suffix of a help text: the table has columns.
-_HELP_SUFFIX = re.compile(r"\s*\[(?:env )?[A-Z][A-Z0-9_]*(?:;[^\]]*)?\]\s*(?:\(default:[^)]*\))?\s*$")
-
-
-@contextlib.contextmanager
-def _environ(env: Mapping[str, str]) -> Iterator[None]:
-    saved = dict(os.environ)
-    try:
-        os.environ.clear()
-        os.environ.update(env)
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIXES)}
-
-
-def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
-
-
-def _sample(action: argparse.Action, default: object) -> str | None:
-    """A value for the action's environment variable that must change its default if the variable is read."""
-    if action.nargs == 0:  # store_true and friends take no value
-        return None
-    if action.choices:
-        return next((str(c) for c in action.choices if c != default), None)
-    kind = action.type
-    if kind is int:
-        return "8" if default == 7 else "7"
-    if kind is float:
-        return "0.375" if default != 0.375 else "0.625"
-    if default is True or default is False:
-        return "false" if default else "true"
-    return "env-probe" if default != "env-probe" else "env-probe-2"
-
-
-def env_vars(command: Command) -> dict[str, str]:
-    """dest -> the environment variable that really sets that flag's default (probed one flag at a time)."""
-    if command.env_name is None:
-        return {}
-    base_env = _clean_env()
-    defaults = {a.dest: a.default for a in _options(build_parser(command, base_env))}
-    found: dict[str, str] = {}
-    for action in _options(build_parser(command, base_env)):
-        name = command.env_name(action.option_strings[-1])
-        value = _sample(action, action.default)
-        if value is None:
-            continue
-        try:
-            probed = build_parser(command, {**base_env, name: value})
-        except SystemExit:  # the parser refused the probe value: it does read the variable
-            found[action.dest] = name
-            continue
-        if probed.get_default(action.dest) != defaults[action.dest]:
-            found[action.dest] = name
-    return found
-
-
-def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _default(action: argparse.Action) -> str:
-    default = action.default
-    if default is None or default == argparse.SUPPRESS or default == []:
-        return "unset"
-    if isinstance(default, str):
-        return f"`{default}`" if default else '`""`'
-    return f"`{default}`"
-
-
-def _help(action: argparse.Action, parser: argparse.ArgumentParser) -> str:
-    text = action.help or ""
-    with contextlib.suppress(KeyError, TypeError, ValueError):
-        text = text % {**vars(action), "prog": parser.prog}
-    return _HELP_SUFFIX.sub("", text)
-
-
-def _flag(action: argparse.Action) -> str:
-    flags = ", ".join(f"`{s}`" for s in action.option_strings)
-    if action.nargs == 0:
-        return flags
-    if action.choices:
-        return f"{flags} {{{','.join(str(c) for c in action.choices)}}}"
-    return flags
-
-
-def _section(command: Command) -> list[str]:
-    title = f"## `{PROG} {_path(command)}`"
-    if not available(command):
-        return [title, "", f"Not in this checkout (no module `{command.module}`): {command.summary}.", ""]
-    if not has_parser(command):
-        return [title, "", f"{command.summary}. Module: `{command.module}`; its flags are not listed here yet "
-                f"(its parser is built inside main(), not in a build_parser() function): see "
-                f"`{PROG} {_path(command)} --help`.", ""]
-    parser = build_parser(command, _clean_env())
-    description = (parser.description or command.summary).strip().split("\n\n")[0].replace("\n", " ")
-    lines = [title, "", f"{description} Module: `{command.module}`.", ""]
-    env = env_vars(command)
-    lines += ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
-    for action in _options(parser):
-        variable = f"`{env[action.dest]}`" if action.dest in env else "—"
-        lines.append(f"| {_flag(action)} | {variable} | {_cell(_default(action))} | {_cell(_help(action, parser))} |")
-    lines.append("")
-    return lines
-
-
-def render_docs() -> str:
-    lines = [
-        f"# `{PROG}` command line",
-        "",
-        "<!-- Generated by `python -m extproc.cli docs > docs/cli.md` from the parsers; do not edit by hand"
-        " (tests/unit/test_cli.py fails when this file is stale). -->",
-        "",
-        f"`{PROG} <command> [flags]` runs one part of the project; `{PROG} <command> --help` prints the same "
-        f"flags as below; `{PROG} --version` prints the version. Until the `{PROG}` script is installed, "
-        "`python -m extproc.cli <command> …` is the same command. Precedence: flag > environment variable > "
-        "default. A dash in the environment-variable column means the flag has none (benchmarks and the config "
-        "generator are run by hand; every server flag has one).",
-        "",
-        "| command | what it runs |",
-        "|---|---|",
-    ]
-    for command in COMMANDS.values():
-        lines.append(f"| [`{command.name}`](#{_anchor(command)}) | {command.summary} |")
-    for command in BENCHMARKS.values():
-        lines.append(f"| [`bench {command.name}`](#{_anchor(command)}) | {command.summary} |")
-    lines.append("")
-    for command in [*COMMANDS.values(), *BENCHMARKS.values()]:
-        lines += _section(command)
-    return "\n".join(lines).rstrip("\n") + "\n"
-
-
-def _anchor(command: Command) -> str:
-    return re.sub(r"[^a-z0-9 -]", "", f"{PROG} {_path(command)}".lower()).replace(" ", "-")
 
 
 if __name__ == "__main__":

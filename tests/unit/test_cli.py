@@ -1,5 +1,5 @@
 """``workflow-router`` (extproc/cli.py): dispatch, help from the modules' own parsers, lazy imports, the seed's
-flag names with their environment variables, and docs/cli.md generated from the parsers."""
+flag names with their environment variables, and docs/cli.md generated from the parsers (extproc/_cli_docs.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from a2a_service.config import Settings as A2ASettings
+from extproc import _cli_docs as cli_docs
 from extproc import cli
 from extproc.config import settings_from_args
 
@@ -22,30 +23,30 @@ SERVERS = ("extproc", "a2a", "sim")  # house rule: every server flag has an envi
 def test_docs_cli_md_is_generated_from_the_parsers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXTPROC_WORKFLOW_TTL", "5")  # the generator ignores the shell's settings
     committed = (ROOT / "docs" / "cli.md").read_text()
-    assert committed == cli.render_docs(), "docs/cli.md is stale: run `python -m extproc.cli docs > docs/cli.md`"
+    assert committed == cli_docs.render_docs(), "docs/cli.md is stale: run `python -m extproc.cli docs > docs/cli.md`"
 
 
 def test_docs_list_every_flag_of_every_available_command() -> None:
-    text = cli.render_docs()
+    text = cli_docs.render_docs()
     for command in [*cli.COMMANDS.values(), *cli.BENCHMARKS.values()]:
         if not cli.available(command) or not cli.has_parser(command):
             continue
-        section = text.split(f"## `{cli.PROG} {cli._path(command)}`", 1)[1].split("\n## ", 1)[0]
-        for action in cli._options(cli.build_parser(command, {})):
+        section = text.split(f"## `{cli.PROG} {cli.command_path(command)}`", 1)[1].split("\n## ", 1)[0]
+        for action in cli_docs.options(cli.build_parser(command, {})):
             assert f"`{action.option_strings[-1]}`" in section, (command.name, action.option_strings)
 
 
 @pytest.mark.parametrize("name", SERVERS)
 def test_every_server_flag_has_an_environment_variable_that_works(name: str) -> None:
     command = cli.COMMANDS[name]
-    options = [a.dest for a in cli._options(cli.build_parser(command, {})) if a.nargs != 0]
-    assert sorted(cli.env_vars(command)) == sorted(options)
+    options = [a.dest for a in cli_docs.options(cli.build_parser(command, {})) if a.nargs != 0]
+    assert sorted(cli_docs.env_vars(command)) == sorted(options)
 
 
 def test_the_env_probe_tells_flags_without_a_variable() -> None:
-    found = cli.env_vars(cli.COMMANDS["stack"])
+    found = cli_docs.env_vars(cli.COMMANDS["stack"])
     assert found["instances"] == "STACK_INSTANCES" and "no_demo" not in found
-    assert cli.env_vars(cli.COMMANDS["envoy-config"]) == {}
+    assert cli_docs.env_vars(cli.COMMANDS["envoy-config"]) == {}
 
 
 def test_seed_flag_names_and_their_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,7 +83,7 @@ def test_help_is_the_commands_own_parser(path: list[str], capsys: pytest.Capture
     out = capsys.readouterr().out
     assert out == cli.build_parser(command).format_help()
     assert out.startswith(f"usage: {cli.PROG} {' '.join(path)}")
-    assert all(a.option_strings[-1] in out for a in cli._options(cli.build_parser(command)))
+    assert all(a.option_strings[-1] in out for a in cli_docs.options(cli.build_parser(command)))
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -145,3 +146,8 @@ def test_python_dash_m_extproc_cli_works() -> None:
                           timeout=60, cwd=ROOT, check=False)
     assert done.returncode == 0 and done.stdout.strip() == f"{cli.PROG} {dist_version(cli.DISTRIBUTION)}"
 
+
+
+def test_docs_command_prints_the_generated_docs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["docs"]) == 0
+    assert capsys.readouterr().out == cli_docs.render_docs()

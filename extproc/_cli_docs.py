@@ -1,0 +1,143 @@
+"""docs/cli.md: every command, flag, environment variable and default, generated from the commands' own
+parsers (``workflow-router docs`` prints it; tests/unit/test_cli.py fails when the committed file is stale)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+
+from extproc.cli import BENCHMARKS, COMMANDS, PROG, Command, available, build_parser, command_path, has_parser
+
+# Prefixes of the environment variables the commands read; scrubbed while the docs are generated so that the
+# documented defaults do not depend on the shell that ran the generator.
+_ENV_PREFIXES = ("EXTPROC_", "A2A_", "STACK_", "VLLM_SIM_")
+# A module's own "[ENV] (default: X)" / "[env ENV; default X]" suffix of a help text: the table has columns.
+_HELP_SUFFIX = re.compile(r"\s*\[(?:env )?[A-Z][A-Z0-9_]*(?:;[^\]]*)?\]\s*(?:\(default:[^)]*\))?\s*$")
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIXES)}
+
+
+def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
+
+
+def _sample(action: argparse.Action, default: object) -> str | None:
+    """A value for the action's environment variable that must change its default if the variable is read."""
+    if action.nargs == 0:  # store_true and friends take no value
+        return None
+    if action.choices:
+        return next((str(c) for c in action.choices if c != default), None)
+    kind = action.type
+    if kind is int:
+        return "8" if default == 7 else "7"
+    if kind is float:
+        return "0.375" if default != 0.375 else "0.625"
+    if default is True or default is False:
+        return "false" if default else "true"
+    return "env-probe" if default != "env-probe" else "env-probe-2"
+
+
+def env_vars(command: Command) -> dict[str, str]:
+    """dest -> the environment variable that really sets that flag's default (probed one flag at a time)."""
+    if command.env_name is None:
+        return {}
+    base_env = _clean_env()
+    defaults = {a.dest: a.default for a in options(build_parser(command, base_env))}
+    found: dict[str, str] = {}
+    for action in options(build_parser(command, base_env)):
+        name = command.env_name(action.option_strings[-1])
+        value = _sample(action, action.default)
+        if value is None:
+            continue
+        try:
+            probed = build_parser(command, {**base_env, name: value})
+        except SystemExit:  # the parser refused the probe value: it does read the variable
+            found[action.dest] = name
+            continue
+        if probed.get_default(action.dest) != defaults[action.dest]:
+            found[action.dest] = name
+    return found
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _default(action: argparse.Action) -> str:
+    default = action.default
+    if default is None or default == argparse.SUPPRESS or default == []:
+        return "unset"
+    if isinstance(default, str):
+        return f"`{default}`" if default else '`""`'
+    return f"`{default}`"
+
+
+def _help(action: argparse.Action, parser: argparse.ArgumentParser) -> str:
+    text = action.help or ""
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        text = text % {**vars(action), "prog": parser.prog}
+    return _HELP_SUFFIX.sub("", text)
+
+
+def _flag(action: argparse.Action) -> str:
+    flags = ", ".join(f"`{s}`" for s in action.option_strings)
+    if action.nargs == 0:
+        return flags
+    if action.choices:
+        return f"{flags} {{{','.join(str(c) for c in action.choices)}}}"
+    return flags
+
+
+def _section(command: Command) -> list[str]:
+    title = f"## `{PROG} {command_path(command)}`"
+    if not available(command):
+        return [title, "", f"Not in this checkout (no module `{command.module}`): {command.summary}.", ""]
+    if not has_parser(command):
+        return [title, "", f"{command.summary}. Module: `{command.module}`; its flags are not listed here yet "
+                f"(its parser is built inside main(), not in a build_parser() function): see "
+                f"`{PROG} {command_path(command)} --help`.", ""]
+    parser = build_parser(command, _clean_env())
+    description = (parser.description or command.summary).strip().split("\n\n")[0].replace("\n", " ")
+    lines = [title, "", f"{description} Module: `{command.module}`.", ""]
+    env = env_vars(command)
+    lines += ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
+    for action in options(parser):
+        variable = f"`{env[action.dest]}`" if action.dest in env else "—"
+        lines.append(f"| {_flag(action)} | {variable} | {_cell(_default(action))} | {_cell(_help(action, parser))} |")
+    lines.append("")
+    return lines
+
+
+def render_docs() -> str:
+    lines = [
+        f"# `{PROG}` command line",
+        "",
+        "<!-- Generated by `python -m extproc.cli docs > docs/cli.md` from the parsers; do not edit by hand"
+        " (tests/unit/test_cli.py fails when this file is stale). -->",
+        "",
+        f"`{PROG} <command> [flags]` runs one part of the project; `{PROG} <command> --help` prints the same "
+        f"flags as below; `{PROG} --version` prints the version. Until the `{PROG}` script is installed, "
+        "`python -m extproc.cli <command> …` is the same command. Precedence: flag > environment variable > "
+        "default. A dash in the environment-variable column means the flag has none (benchmarks and the config "
+        "generator are run by hand; every server flag has one).",
+        "",
+        "| command | what it runs |",
+        "|---|---|",
+    ]
+    for command in COMMANDS.values():
+        lines.append(f"| [`{command.name}`](#{_anchor(command)}) | {command.summary} |")
+    for command in BENCHMARKS.values():
+        lines.append(f"| [`bench {command.name}`](#{_anchor(command)}) | {command.summary} |")
+    lines.append("")
+    for command in [*COMMANDS.values(), *BENCHMARKS.values()]:
+        lines += _section(command)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _anchor(command: Command) -> str:
+    return re.sub(r"[^a-z0-9 -]", "", f"{PROG} {command_path(command)}".lower()).replace(" ", "-")
+
