@@ -80,7 +80,7 @@ lmcache-venv:
 test-lmcache: setup lmcache-venv
 	LMCACHE_PYTHON=$(abspath $(LMCACHE_VENV))/bin/python $(PY) -m pytest -q tests/lmcache tests/unit/test_lmcache_client.py
 
-## AutoGen (for benchmarks/examples/autogen_agents.py): its own small virtualenv (~115 MB, under a minute), because
+## AutoGen (for examples/autogen_agents.py): its own small virtualenv (~115 MB, under a minute), because
 ## autogen-core pins protobuf~=5.29 and our gRPC stubs need protobuf>=7.35. The example talks HTTP only.
 AUTOGEN_VENV ?= .autogen-venv
 AUTOGEN_STAMP := $(AUTOGEN_VENV)/.installed-stamp

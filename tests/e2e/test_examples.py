@@ -1,6 +1,6 @@
 """The client examples (OpenAI SDK, LangChain, AutoGen) run as users run them, against a real local stack.
 
-Each example runs as ``python -m benchmarks.examples.<name> --base-url <gateway>`` in a subprocess (AutoGen in
+Each example runs as ``python -m examples.<name> --base-url <gateway>`` in a subprocess (AutoGen in
 its own virtualenv: it pins protobuf 5). The example checks itself and exits non-zero on failure; the test then
 checks the same things on its own, from the calls the example reports (its x-served-by headers and cached
 tokens) and from the workflow status it reads itself through the gateway.
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from a2a_service.client import A2AClient
-from benchmarks.examples._common import RESULT_PREFIX, wait_for_status
+from examples._common import RESULT_PREFIX, wait_for_status
 from benchmarks.stack import Stack
 from tests.conftest import stack_options
 
@@ -42,7 +42,7 @@ def run_example(python: str, name: str, stack: Stack, tmp_path: Path) -> list[di
     tiktoken_cache.mkdir()
     env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tiktoken_cache), "PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        [python, "-m", f"benchmarks.examples.{name}", "--base-url", stack.url],
+        [python, "-m", f"examples.{name}", "--base-url", stack.url],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=90, check=False,
     )
     output = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"

@@ -6,7 +6,7 @@ start with a command of ours. Checked:
 - ``make X …``: X is a Makefile target; for a target whose recipe runs ``-m <module> … $(ARGS)``, the
   ``ARGS="…"`` given is parsed by that module's parser (``make run ARGS="--instances 5"``).
 - ``python -m <module> …`` (any python, ``.venv/bin/python``…) for our packages (extproc, a2a_service,
-  benchmarks), the pyproject scripts (``workflow-extproc`` …) and ``workflow-router …``: the arguments are
+  benchmarks, examples), the pyproject scripts (``workflow-extproc`` …) and ``workflow-router …``: the arguments are
   parsed — never run — by the real parser (the modules' ``build_parser()``), with the command's leading
   ``VAR=value`` assignments in the environment. A module without ``build_parser()`` must exist and be given no
   arguments.
@@ -36,7 +36,7 @@ from extproc import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
-OUR_PACKAGES = ("extproc", "a2a_service", "benchmarks")
+OUR_PACKAGES = ("extproc", "a2a_service", "benchmarks", "examples")
 SHELL_LANGUAGES = {"", "bash", "sh", "shell", "console", "zsh"}
 _FENCE = re.compile(r"^\s*(```+|~~~+)\s*([\w+-]*)")
 _INLINE = re.compile(r"`([^`\n]+)`")

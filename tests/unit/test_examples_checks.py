@@ -1,4 +1,4 @@
-"""The checks the client examples apply to a workflow's status (benchmarks/examples/_common.py)."""
+"""The checks the client examples apply to a workflow's status (examples/_common.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from a2a_service import MessageCounters, WorkflowStatus
-from benchmarks.examples._common import Call, check_workflow
+from examples._common import Call, check_workflow
 
 
 def calls(*served_by: str) -> list[Call]:

@@ -9,7 +9,7 @@ report to the researcher through the A2A service.
 AutoGen pins protobuf 5, older than the gateway's gRPC stubs need: run this in its own virtualenv
 (see docs/clients.md); it needs only autogen-agentchat, autogen-ext[openai], httpx and orjson.
 
-    python -m benchmarks.examples.autogen_agents --base-url http://127.0.0.1:8001
+    python -m examples.autogen_agents --base-url http://127.0.0.1:8001
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ body (``extra_body``) and once in headers (``default_headers`` for the workflow,
 Agents alternate non-streaming and streaming calls (``stream_options={"include_usage": True}`` so the last chunk
 carries ``usage``). The collector hands its findings to the analyst through the A2A service.
 
-    python -m benchmarks.examples.openai_sdk --base-url http://127.0.0.1:8001
+    python -m examples.openai_sdk --base-url http://127.0.0.1:8001
 """
 
 from __future__ import annotations

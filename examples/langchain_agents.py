@@ -5,7 +5,7 @@ place for fields an OpenAI-compatible server adds to the API). All agents send t
 first and their own instructions last, so each one reuses the KV cache of everything before. The researcher
 hands its notes to the analyst through the A2A service; the writer streams its answer.
 
-    python -m benchmarks.examples.langchain_agents --base-url http://127.0.0.1:8001
+    python -m examples.langchain_agents --base-url http://127.0.0.1:8001
 """
 
 from __future__ import annotations
