@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Sequence
 
 from .._types import (
@@ -31,22 +30,11 @@ from .._validation import sanitize_for_log
 from ..config import Settings
 from ..errors import A2AError
 from ._queue import Clock, IdFactory, QueueCore, _uuid_hex
+from ._waiters import Key, LeaseTimers, WaitingLines, answer_empty
 
 log = logging.getLogger("a2a_service.store")
 
-_Key = tuple[str, str]
-# Lease timers fire this much after the deadline so that the (wall) clock has certainly passed it.
-_LEASE_SLACK = 0.005
 _SWEEP_CHUNK = 64
-
-
-class _Waiter:
-    __slots__ = ("future", "max_messages", "visibility_timeout")
-
-    def __init__(self, future: asyncio.Future[list[Delivery]], max_messages: int, vt: float | None) -> None:
-        self.future = future
-        self.max_messages = max_messages
-        self.visibility_timeout = vt
 
 
 class MemoryStore:
@@ -55,8 +43,8 @@ class MemoryStore:
     def __init__(self, settings: Settings, *, clock: Clock = time.time, new_id: IdFactory = _uuid_hex) -> None:
         self.settings = settings
         self.core = QueueCore(settings, clock=clock, new_id=new_id)
-        self._waiters: dict[_Key, deque[_Waiter]] = {}
-        self._lease_timers: dict[_Key, asyncio.TimerHandle] = {}
+        self._waiters = WaitingLines()
+        self._lease_timers = LeaseTimers()
         self._closing = False
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -75,15 +63,10 @@ class MemoryStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        for timer in self._lease_timers.values():
-            timer.cancel()
-        self._lease_timers.clear()
+        self._lease_timers.cancel_all()
         for key in list(self._waiters):
             self._dispatch(key)  # hand over whatever is available...
-        for line in self._waiters.values():  # ...and wake the rest empty-handed
-            for waiter in line:
-                if not waiter.future.done():
-                    waiter.future.set_result([])
+        self._waiters.wake_all()  # ...and wake the rest empty-handed
         self._waiters.clear()
 
     async def aclose(self) -> None:
@@ -137,32 +120,8 @@ class MemoryStore:
             if out and visibility_timeout is not None:
                 self._arm_lease_timer(key)
             return out
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Delivery]] = loop.create_future()
-        waiter = _Waiter(future, max_messages, visibility_timeout)
-        line = self._waiters.get(key)
-        if line is None:
-            line = self._waiters[key] = deque()
-        line.append(waiter)
-        timer = loop.call_later(timeout, _resolve_empty, future)
-        try:
-            out = await future
-        except asyncio.CancelledError:
-            # The caller went away. If messages were handed over in the meantime, put them back.
-            if future.done() and not future.cancelled() and future.exception() is None:
-                handed = future.result()
-                if handed:
-                    self.core.restore(workflow_id, agent_id, handed)
-                    self._dispatch(key)
-            raise
-        finally:
-            timer.cancel()
-            line = self._waiters.get(key)
-            if line is not None:
-                with contextlib.suppress(ValueError):
-                    line.remove(waiter)
-                if not line:
-                    del self._waiters[key]
+        waiter = self._waiters.join(key, max_messages, visibility_timeout)
+        out = await self._waiters.wait(key, waiter, timeout, answer_empty, lambda handed: self._put_back(key, handed))
         if out and visibility_timeout is not None:
             self._arm_lease_timer(key)
         if log.isEnabledFor(logging.DEBUG):
@@ -174,9 +133,7 @@ class MemoryStore:
         return out
 
     async def release(self, workflow_id: str, agent_id: str, deliveries: Sequence[Delivery]) -> None:
-        if deliveries:
-            self.core.restore(workflow_id, agent_id, deliveries)
-            self._dispatch((workflow_id, agent_id))
+        self._put_back((workflow_id, agent_id), deliveries)
 
     async def ack(self, workflow_id: str, agent_id: str, message_ids: Sequence[str]) -> AckResult:
         return self.core.ack(workflow_id, agent_id, message_ids)
@@ -205,7 +162,13 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ internals
 
-    def _dispatch(self, key: _Key) -> None:
+    def _put_back(self, key: Key, deliveries: Sequence[Delivery]) -> None:
+        """Deliveries that never reached their receiver go back in their place; waiters may take them."""
+        if deliveries:
+            self.core.restore(*key, deliveries)
+            self._dispatch(key)
+
+    def _dispatch(self, key: Key) -> None:
         """Serve the line of waiters on ``key`` from its head while messages are available."""
         line = self._waiters.get(key)
         if not line:
@@ -213,38 +176,31 @@ class MemoryStore:
         workflow_id, agent_id = key
         while line:
             waiter = line[0]
-            if waiter.future.done():  # timed out or cancelled; its finally-block removes it too
+            if waiter.done:  # timed out or cancelled; it leaves the line itself too
                 line.popleft()
                 continue
             try:
                 out = self.core.receive(workflow_id, agent_id, waiter.max_messages, waiter.visibility_timeout)
             except A2AError as exc:  # e.g. the workflow was removed and the service is full
                 line.popleft()
-                waiter.future.set_exception(exc)
+                waiter.fail(exc)
                 continue
             if not out:
                 break
             line.popleft()
-            waiter.future.set_result(out)
+            waiter.answer(out)
         if not line:
             del self._waiters[key]
 
-    def _arm_lease_timer(self, key: _Key) -> None:
+    def _arm_lease_timer(self, key: Key) -> None:
         """Make sure a timer fires at the queue's earliest lease deadline (one timer per queue)."""
         deadline = self.core.next_lease_deadline(*key)
         if deadline is None or self._closing:
             return
-        loop = asyncio.get_running_loop()
-        when = loop.time() + max(0.0, deadline - self.core.now()) + _LEASE_SLACK
-        timer = self._lease_timers.get(key)
-        if timer is not None:
-            if not timer.cancelled() and timer.when() <= when:
-                return
-            timer.cancel()
-        self._lease_timers[key] = loop.call_at(when, self._on_lease_timer, key)
+        self._lease_timers.arm(key, deadline - self.core.now(), self._on_lease_timer)
 
-    def _on_lease_timer(self, key: _Key) -> None:
-        self._lease_timers.pop(key, None)
+    def _on_lease_timer(self, key: Key) -> None:
+        self._lease_timers.fired(key)
         if self.core.requeue_expired_leases(*key):
             self._dispatch(key)
         self._arm_lease_timer(key)
@@ -270,8 +226,3 @@ class MemoryStore:
             if report.expired_messages:
                 log.debug("messages expired", extra={"count": report.expired_messages})
             await asyncio.sleep(0)
-
-
-def _resolve_empty(future: asyncio.Future[list[Delivery]]) -> None:
-    if not future.done():
-        future.set_result([])

@@ -25,7 +25,6 @@ import math
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 from .. import _validation as v
 from .._types import (
@@ -34,7 +33,6 @@ from .._types import (
     Delivery,
     Message,
     MessageCounters,
-    QueueStatus,
     RecordKind,
     RecordResult,
     RequestRecord,
@@ -45,15 +43,9 @@ from .._types import (
     ratio,
 )
 from ..config import BROADCAST_TARGET, Settings
-from ..errors import (
-    A2AError,
-    InvalidRequestError,
-    MessageTooLargeError,
-    NotFoundError,
-    QueueFullError,
-    TooManyAgentsError,
-    TooManyWorkflowsError,
-)
+from ..errors import A2AError, NotFoundError, QueueFullError, TooManyAgentsError, TooManyWorkflowsError
+from ._checks import check_ack, check_receive, check_record, check_send
+from ._model import AgentQueue, Entry, SweepReport, Workflow, current_lease
 
 Clock = Callable[[], float]
 IdFactory = Callable[[], str]
@@ -61,145 +53,6 @@ IdFactory = Callable[[], str]
 
 def _uuid_hex() -> str:
     return uuid.uuid4().hex
-
-
-# ---------------------------------------------------------------------- input checks (shared with the Redis store)
-
-
-def check_send(req: SendRequest, s: Settings) -> float:
-    """Validate a send request; return its ttl (the default when the sender gave none)."""
-    v.check_id(req.workflow_id, "workflow_id")
-    v.check_id(req.source_agent, "source_agent")
-    v.check_id(req.target_agent, "target_agent", allow_broadcast=True)
-    v.check_id(req.message_type, "message_type")
-    ttl = s.default_message_ttl if req.ttl is None else req.ttl
-    v.check_number(ttl, "ttl", minimum=0.0, maximum=s.max_message_ttl, exclusive_minimum=True)
-    if len(req.payload) > s.max_message_size:
-        raise MessageTooLargeError(
-            f"payload is {len(req.payload)} bytes; the limit is {s.max_message_size}", param="payload"
-        )
-    return ttl
-
-
-def check_receive(
-    workflow_id: str, agent_id: str, max_messages: int, visibility_timeout: float | None, s: Settings
-) -> None:
-    v.check_id(workflow_id, "workflow_id")
-    v.check_id(agent_id, "agent_id")
-    v.check_int(max_messages, "max_messages", minimum=1, maximum=s.max_messages_cap)
-    if visibility_timeout is not None:
-        v.check_number(
-            visibility_timeout,
-            "visibility_timeout",
-            minimum=0.0,
-            maximum=s.max_visibility_timeout,
-            exclusive_minimum=True,
-        )
-
-
-def check_ack(workflow_id: str, agent_id: str, message_ids: Sequence[str], s: Settings) -> None:
-    v.check_id(workflow_id, "workflow_id")
-    v.check_id(agent_id, "agent_id")
-    if len(message_ids) > s.max_ack_ids:
-        raise InvalidRequestError(f"at most {s.max_ack_ids} message ids per ack", param="message_ids", code="too_many")
-    for i, message_id in enumerate(message_ids):
-        if type(message_id) is not str or not 0 < len(message_id) <= 256:
-            raise InvalidRequestError(
-                "message ids must be non-empty strings", param=f"message_ids[{i}]", code="invalid_id"
-            )
-
-
-def check_record(rec: RequestRecord) -> None:
-    """Validate one router record (an invalid one is counted as rejected and skipped)."""
-    v.check_id(rec.workflow_id, "workflow_id")
-    if rec.agent_id:
-        v.check_id(rec.agent_id, "agent_id")
-    if len(rec.request_id) > 256:
-        raise InvalidRequestError("request_id too long", param="request_id")
-    v.check_text(rec.instance, "instance", max_length=v.MAX_INSTANCE_LENGTH)
-    v.check_number(rec.routing_latency_seconds, "routing_latency_seconds", minimum=0.0, maximum=3600.0)
-    if rec.kind is RecordKind.COMPLETED:
-        if rec.prompt_tokens < 0 or rec.cached_tokens < 0 or rec.cached_tokens > rec.prompt_tokens:
-            raise InvalidRequestError(
-                "need 0 <= cached_tokens <= prompt_tokens", param="cached_tokens", code="out_of_range"
-            )
-    elif rec.kind is not RecordKind.ROUTED:
-        raise InvalidRequestError("kind must be ROUTED or COMPLETED", param="kind")
-
-
-# ---------------------------------------------------------------------- queue model
-
-
-class _Entry:
-    """One message copy in one agent's queue."""
-
-    __slots__ = ("delivery_count", "done", "lease_deadline", "lease_token", "message", "seq")
-
-    def __init__(self, message: Message, seq: int) -> None:
-        self.message = message
-        self.seq = seq
-        self.delivery_count = 0
-        self.lease_deadline: float | None = None
-        self.lease_token = 0  # identifies the current lease; heap items of older leases are stale
-        self.done = False  # acknowledged / delivered at-most-once / expired / dropped
-
-
-class _AgentQueue:
-    __slots__ = ("leased", "leases", "min_expires_at", "pending", "ready")
-
-    def __init__(self) -> None:
-        # Entries waiting for a receiver, in seq order. May hold `done` entries (removed lazily).
-        self.ready: deque[_Entry] = deque()
-        # Every entry not done (queued or leased), by message id. Its size is the queue size.
-        self.pending: dict[str, _Entry] = {}
-        self.leased = 0
-        # (deadline, lease token, entry); stale items (acked, released or re-leased) are skipped when popped.
-        self.leases: list[tuple[float, int, _Entry]] = []
-        # Lower bound of the earliest expires_at among queued entries: lets the sweep skip this queue.
-        self.min_expires_at = math.inf
-
-
-class _Workflow:
-    __slots__ = (
-        "acked", "affinity_hits", "assigned_instance", "cache_hits", "cached_tokens", "completed_requests",
-        "created_at", "delivered", "dropped", "expired", "failed_requests", "failovers", "last_updated",
-        "leased", "pending", "prompt_tokens", "queues", "redelivered", "rejected", "routing_latency_sum",
-        "sent", "total_requests", "workflow_id",
-    )  # fmt: skip
-
-    def __init__(self, workflow_id: str, now: float) -> None:
-        self.workflow_id = workflow_id
-        self.created_at = now
-        self.last_updated = now
-        self.queues: dict[str, _AgentQueue] = {}  # insertion order = order agents became known
-        self.pending = 0
-        self.leased = 0
-        self.total_requests = 0
-        self.affinity_hits = 0
-        self.failovers = 0
-        self.completed_requests = 0
-        self.failed_requests = 0
-        self.cache_hits = 0
-        self.prompt_tokens = 0
-        self.cached_tokens = 0
-        self.routing_latency_sum = 0.0
-        self.assigned_instance: str | None = None
-        self.sent = self.delivered = self.acked = self.redelivered = 0
-        self.expired = self.rejected = self.dropped = 0
-
-
-def _current_lease(item: tuple[float, int, _Entry]) -> bool:
-    entry = item[2]
-    return not entry.done and entry.lease_deadline is not None and entry.lease_token == item[1]
-
-
-@dataclass(slots=True, frozen=True)
-class SweepReport:
-    expired_messages: int
-    redelivered: int
-    workflows_expired: tuple[str, ...]
-    # Queues where expired leases put messages back: waiters there may now be served.
-    ready_queues: tuple[tuple[str, str], ...]
 
 
 class QueueCore:
@@ -210,7 +63,7 @@ class QueueCore:
         self._clock = clock
         self._new_id = new_id
         self._started_at = clock()
-        self._workflows: dict[str, _Workflow] = {}
+        self._workflows: dict[str, Workflow] = {}
         self._seq = 0
         self._lease_tokens = 0
         self._pending = 0
@@ -274,7 +127,7 @@ class QueueCore:
         for agent in targets:
             q = wf.queues[agent]
             self._seq += 1
-            entry = _Entry(message, self._seq)
+            entry = Entry(message, self._seq)
             q.ready.append(entry)
             q.pending[message.message_id] = entry
             if message.expires_at < q.min_expires_at:
@@ -362,12 +215,12 @@ class QueueCore:
                 wf.leased -= 1
                 self._leased -= 1
             else:  # removed at delivery: re-create
-                entry = _Entry(message, delivery.sequence)
+                entry = Entry(message, delivery.sequence)
                 q.pending[message.message_id] = entry
                 wf.pending += 1
                 self._pending += 1
             entry.delivery_count = delivery.delivery_count - 1
-            self._insert_ready(q, entry)
+            q.insert_ready(entry)
             # Back in `ready` either way (a leased entry was not counted when `min_expires_at` was last
             # recomputed), so the sweep must see its expiry.
             q.min_expires_at = min(q.min_expires_at, message.expires_at)
@@ -393,7 +246,7 @@ class QueueCore:
         self._acked += len(acked)
         wf.last_updated = self._clock()
         if q is not None and len(q.leases) > 2 * len(q.pending) + 64:
-            q.leases = [item for item in q.leases if _current_lease(item)]
+            q.leases = [item for item in q.leases if current_lease(item)]
             heapq.heapify(q.leases)
         return AckResult(tuple(acked), tuple(missing))
 
@@ -415,7 +268,7 @@ class QueueCore:
         wf = self._workflows.get(workflow_id)
         q = wf.queues.get(agent_id) if wf is not None else None
         while q is not None and q.leases:
-            if _current_lease(q.leases[0]):
+            if current_lease(q.leases[0]):
                 return q.leases[0][0]
             heapq.heappop(q.leases)
         return None
@@ -438,31 +291,7 @@ class QueueCore:
     def status(self, workflow_id: str) -> WorkflowStatus:
         v.check_id(workflow_id, "workflow_id")
         wf = self._require(workflow_id)
-        return WorkflowStatus(
-            workflow_id=wf.workflow_id,
-            active_agents=len(wf.queues),
-            agents=tuple(wf.queues),
-            total_requests=wf.total_requests,
-            affinity_hits=wf.affinity_hits,
-            affinity_hit_rate=ratio(wf.affinity_hits, wf.total_requests),
-            failovers=wf.failovers,
-            completed_requests=wf.completed_requests,
-            failed_requests=wf.failed_requests,
-            cache_hits=wf.cache_hits,
-            cache_hit_rate=ratio(wf.cached_tokens, wf.prompt_tokens),
-            prompt_tokens=wf.prompt_tokens,
-            cached_tokens=wf.cached_tokens,
-            avg_routing_latency_seconds=wf.routing_latency_sum / wf.total_requests if wf.total_requests else 0.0,
-            assigned_instance=wf.assigned_instance,
-            created_at=wf.created_at,
-            last_updated=wf.last_updated,
-            queued_messages=wf.pending - wf.leased,
-            in_flight_messages=wf.leased,
-            queues={a: QueueStatus(len(q.pending) - q.leased, q.leased) for a, q in wf.queues.items()},
-            messages=MessageCounters(
-                wf.sent, wf.delivered, wf.acked, wf.redelivered, wf.expired, wf.rejected, wf.dropped
-            ),
-        )
+        return wf.status()
 
     def stats(self) -> SystemStats:
         return SystemStats(
@@ -597,24 +426,24 @@ class QueueCore:
 
     # ------------------------------------------------------------------ internals
 
-    def _require(self, workflow_id: str) -> _Workflow:
+    def _require(self, workflow_id: str) -> Workflow:
         wf = self._workflows.get(workflow_id)
         if wf is None:
             raise NotFoundError(f"workflow {workflow_id!r} not found", param="workflow_id", code="workflow_not_found")
         return wf
 
-    def _get_or_create(self, workflow_id: str, now: float) -> _Workflow:
+    def _get_or_create(self, workflow_id: str, now: float) -> Workflow:
         wf = self._workflows.get(workflow_id)
         if wf is None:
             if len(self._workflows) >= self.settings.max_workflows:
                 raise TooManyWorkflowsError(
                     f"the service already holds {self.settings.max_workflows} workflows", param="workflow_id"
                 )
-            wf = self._workflows[workflow_id] = _Workflow(workflow_id, now)
+            wf = self._workflows[workflow_id] = Workflow(workflow_id, now)
             self._workflows_created += 1
         return wf
 
-    def _ensure_agents(self, wf: _Workflow, agents: Sequence[str]) -> None:
+    def _ensure_agents(self, wf: Workflow, agents: Sequence[str]) -> None:
         new = [a for a in dict.fromkeys(agents) if a not in wf.queues]
         if not new:
             return
@@ -625,10 +454,10 @@ class QueueCore:
                 param="agent_id",
             )
         for agent in new:
-            wf.queues[agent] = _AgentQueue()
+            wf.queues[agent] = AgentQueue()
         self._queues += len(new)
 
-    def _remove(self, wf: _Workflow, q: _AgentQueue, entry: _Entry) -> None:
+    def _remove(self, wf: Workflow, q: AgentQueue, entry: Entry) -> None:
         """Take a pending entry out of the queue for good (it may stay in `ready`/`leases` as done)."""
         del q.pending[entry.message.message_id]
         entry.done = True
@@ -640,12 +469,12 @@ class QueueCore:
         wf.pending -= 1
         self._pending -= 1
 
-    def _requeue_expired_leases(self, wf: _Workflow, q: _AgentQueue, now: float) -> int:
-        back: list[_Entry] = []
+    def _requeue_expired_leases(self, wf: Workflow, q: AgentQueue, now: float) -> int:
+        back: list[Entry] = []
         leases = q.leases
         while leases and leases[0][0] <= now:
             item = heapq.heappop(leases)
-            if not _current_lease(item):
+            if not current_lease(item):
                 continue  # acknowledged, released, or leased again since
             entry = item[2]
             entry.lease_deadline = None
@@ -659,25 +488,15 @@ class QueueCore:
                 continue
             back.append(entry)
         for entry in sorted(back, key=lambda e: e.seq):
-            self._insert_ready(q, entry)
+            q.insert_ready(entry)
             q.min_expires_at = min(q.min_expires_at, entry.message.expires_at)
         wf.redelivered += len(back)
         self._redelivered += len(back)
         return len(back)
 
-    @staticmethod
-    def _insert_ready(q: _AgentQueue, entry: _Entry) -> None:
-        """Insert in seq order. Returning entries are old, so the position is near the head."""
-        ready = q.ready
-        i = 0
-        n = len(ready)
-        while i < n and ready[i].seq < entry.seq:
-            i += 1
-        ready.insert(i, entry)
-
-    def _purge_expired(self, wf: _Workflow, q: _AgentQueue, now: float) -> int:
+    def _purge_expired(self, wf: Workflow, q: AgentQueue, now: float) -> int:
         """Drop expired queued entries (and done leftovers) from one queue; O(queue length)."""
-        kept: deque[_Entry] = deque()
+        kept: deque[Entry] = deque()
         earliest = math.inf
         expired = 0
         for entry in q.ready:
@@ -695,7 +514,7 @@ class QueueCore:
         self._expired += expired
         return expired
 
-    def _drop(self, wf: _Workflow) -> int:
+    def _drop(self, wf: Workflow) -> int:
         del self._workflows[wf.workflow_id]
         dropped = wf.pending
         for q in wf.queues.values():
@@ -707,7 +526,7 @@ class QueueCore:
         self._dropped += dropped
         return dropped
 
-    def _count_rejected(self, code: str, wf: _Workflow | None) -> None:
+    def _count_rejected(self, code: str, wf: Workflow | None) -> None:
         self._rejected_by_code[code] = self._rejected_by_code.get(code, 0) + 1
         if wf is not None:
             wf.rejected += 1

@@ -86,8 +86,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import deque
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -100,38 +99,36 @@ from .._types import (
     DeleteResult,
     Delivery,
     Message,
-    MessageCounters,
-    QueueStatus,
-    RecordKind,
     RecordResult,
     RequestRecord,
     SendRequest,
     SendResult,
     SystemStats,
     WorkflowStatus,
-    ratio,
 )
 from .._validation import check_id, sanitize_for_log
 from ..config import Settings
-from ..errors import (
-    A2AError,
-    NotFoundError,
-    QueueFullError,
-    StoreUnavailableError,
-    TooManyAgentsError,
-    TooManyWorkflowsError,
+from ..errors import A2AError, StoreUnavailableError
+from ._checks import check_ack, check_receive, check_send
+from ._queue import Clock, IdFactory, _uuid_hex
+from ._redis_codec import (
+    decode_deliveries,
+    decode_stats,
+    decode_status,
+    describe,
+    encode_body,
+    not_found,
+    record_args,
+    refusal,
+    release_args,
 )
-from ._queue import Clock, IdFactory, _uuid_hex, check_ack, check_receive, check_record, check_send
-from ._redis_lua import PRELUDE, RECORD_FIELDS, SCRIPTS
+from ._redis_lua import PRELUDE, SCRIPTS
+from ._redis_waiting import WaitingReceivers
 
 __all__ = ["RedisStore"]
 
 log = logging.getLogger("a2a_service.store")
 
-_Key = tuple[str, str]
-RESYNC_INTERVAL = 5.0  # every waiting line is served again this often (backstop for lost pub/sub messages)
-_LEASE_SLACK = 0.005
-_WAIT_MARGIN_MS = 1000
 _SWEEP_CHUNK = 256  # due queues per sweep script
 _IDLE_CHUNK = 32  # idle workflows per sweep script
 _SWEEP_CHUNKS_MAX = 64
@@ -140,52 +137,7 @@ _UNAVAILABLE_REPLIES = ("READONLY", "LOADING", "MASTERDOWN", "OOM", "BUSY", "NOR
 _SWEEP_REPLICA = "-"  # publisher tag of sweep wake-ups: every replica, this one included, handles them
 
 
-class _Waiter:
-    __slots__ = ("deadline", "future", "max_messages", "once", "ticket", "visibility_timeout")
-
-    def __init__(
-        self,
-        future: asyncio.Future[list[Delivery]],
-        max_messages: int,
-        visibility_timeout: float | None,
-        once: bool,
-        ticket: int,
-        deadline: float,
-    ) -> None:
-        self.future = future
-        self.max_messages = max_messages
-        self.visibility_timeout = visibility_timeout
-        self.once = once  # answer after one look at the queue (timeout 0, or the store is closing)
-        self.ticket = ticket  # order of arrival, compared with the ticket of a receive script's start
-        self.deadline = deadline  # loop time at which a long-poll gives up
-
-
-class _Aggregate:
-    """The router records of one (workflow, agent) in one batch, summed."""
-
-    __slots__ = (
-        "affinity_hits", "cache_hits", "cached_tokens", "completed", "failed", "failovers", "instance",
-        "instance_index", "latency", "prompt_tokens", "records", "routed",
-    )  # fmt: skip
-
-    def __init__(self) -> None:
-        self.records = self.routed = self.affinity_hits = self.failovers = 0
-        self.completed = self.failed = self.prompt_tokens = self.cached_tokens = self.cache_hits = 0
-        self.latency = 0.0
-        self.instance_index = -1
-        self.instance = ""
-
-
-def _flat_hash(items: Sequence[bytes]) -> dict[str, bytes]:
-    return {items[i].decode(): items[i + 1] for i in range(0, len(items), 2)}
-
-
-def _body(m: Message) -> bytes:
-    head = f"{m.created_at!r}|{m.expires_at!r}|{m.source_agent}|{m.target_agent}|{m.message_type}|"
-    return head.encode() + m.payload
-
-
-class RedisStore:
+class RedisStore(WaitingReceivers):
     """Store on a shared Redis. All methods must be called from the same event loop; ``start`` before use."""
 
     def __init__(
@@ -197,6 +149,7 @@ class RedisStore:
         clock: Clock = time.time,
         new_id: IdFactory = _uuid_hex,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.url = url or settings.store
         self.prefix = settings.redis_prefix if prefix is None else prefix
@@ -218,14 +171,7 @@ class RedisStore:
         self._wake_redis = aioredis.Redis.from_url(self.url, **common)
         self._scripts = {name: self._redis.register_script(PRELUDE + body) for name, body in SCRIPTS.items()}
         self._channel = self.prefix + "wake"
-        self._waiters: dict[_Key, deque[_Waiter]] = {}
-        self._serving: dict[_Key, asyncio.Task[None]] = {}
-        self._dirty: set[_Key] = set()
-        self._tickets = 0
-        self._lease_timers: dict[_Key, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[Any]] = set()
-        self._subscribed = asyncio.Event()
         self._closing = False
         self._down = False
 
@@ -257,13 +203,8 @@ class RedisStore:
             task.cancel()
         if self._tasks:  # bounded: a task that swallowed its cancellation still ends on the closing flag
             await asyncio.wait(self._tasks, timeout=self._timeout + 2.0)
-        for timer in self._lease_timers.values():
-            timer.cancel()
-        self._lease_timers.clear()
-        for line in self._waiters.values():  # they were waiting on empty queues: wake them empty-handed
-            for waiter in line:
-                if not waiter.future.done():
-                    waiter.future.set_result([])
+        self._lease_timers.cancel_all()
+        self._waiters.wake_all()  # they were waiting on empty queues: wake them empty-handed
 
     async def aclose(self) -> None:
         pending = [*self._serving.values(), *self._background]
@@ -308,14 +249,14 @@ class RedisStore:
             message.message_id,
             repr(message.expires_at),
             len(request.payload),
-            _body(message),
+            encode_body(message),
             s.max_workflows,
             s.max_agents_per_workflow,
             s.max_message_queue_size,
             self.replica_id,
         )
         if res[0] == b"E":
-            raise self._refusal(res, request.workflow_id)
+            raise refusal(res, request.workflow_id, self.settings)
         targets = tuple(agent.decode() for agent in res[1:])
         for agent in targets:  # waiters of this replica; the others are woken through pub/sub
             if (request.workflow_id, agent) in self._waiters:
@@ -345,45 +286,25 @@ class RedisStore:
         check_receive(workflow_id, agent_id, max_messages, visibility_timeout, self.settings)
         timeout = min(timeout, self.settings.receive_timeout_cap)
         once = timeout <= 0 or self._closing
-        loop = asyncio.get_running_loop()
         key = (workflow_id, agent_id)
-        future: asyncio.Future[list[Delivery]] = loop.create_future()
-        self._tickets += 1
-        waiter = _Waiter(future, max_messages, visibility_timeout, once, self._tickets, loop.time() + max(0.0, timeout))
-        line = self._waiters.get(key)
-        if line is None:
-            line = self._waiters[key] = deque()
-        line.append(waiter)
+        loop_time = asyncio.get_running_loop().time()
+        waiter = self._waiters.join(
+            key, max_messages, visibility_timeout, once=once, deadline=loop_time + max(0.0, timeout)
+        )
         self._kick(key)
         # A long-poll answers [] at its timeout whatever Redis does; a single look answers 503 if Redis hangs.
-        timer = loop.call_later(self._timeout * 2 + 0.5 if once else timeout, self._give_up, waiter)
-        try:
-            out = await future
-        except asyncio.CancelledError:
-            # The caller went away. If messages were handed over in the meantime, put them back.
-            if future.done() and not future.cancelled() and future.exception() is None:
-                handed = future.result()
-                if handed:
-                    self._spawn(self._release_quietly(workflow_id, agent_id, handed))
-            raise
-        finally:
-            timer.cancel()
-            line = self._waiters.get(key)
-            if line is not None:
-                with contextlib.suppress(ValueError):
-                    line.remove(waiter)
-                if not line:
-                    del self._waiters[key]
-        return out
+        return await self._waiters.wait(
+            key,
+            waiter,
+            self._timeout * 2 + 0.5 if once else timeout,
+            self._give_up,
+            lambda handed: self._spawn(self._release_quietly(workflow_id, agent_id, handed)),
+        )
 
     async def release(self, workflow_id: str, agent_id: str, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
-        args: list[Any] = []
-        for d in deliveries:
-            m = d.message
-            args += [m.message_id, d.delivery_count, d.sequence, repr(m.expires_at), len(m.payload), _body(m)]
-        await self._run("release", workflow_id, agent_id, self.replica_id, *args)
+        await self._run("release", workflow_id, agent_id, self.replica_id, *release_args(deliveries))
         if (workflow_id, agent_id) in self._waiters:
             self._kick((workflow_id, agent_id))
 
@@ -391,7 +312,7 @@ class RedisStore:
         check_ack(workflow_id, agent_id, message_ids, self.settings)
         res = await self._run("ack", workflow_id, agent_id, repr(self._clock()), *message_ids)
         if res[0] == b"E":
-            raise self._refusal(res, workflow_id)
+            raise refusal(res, workflow_id, self.settings)
         flags = res[1:]
         acked = tuple(m for m, ok in zip(message_ids, flags, strict=True) if ok)
         missing = tuple(m for m, ok in zip(message_ids, flags, strict=True) if not ok)
@@ -403,133 +324,29 @@ class RedisStore:
         check_id(workflow_id, "workflow_id")
         res = await self._run("status", workflow_id)
         if res is None:
-            raise self._not_found(workflow_id)
-        h = _flat_hash(res[0])
-        agents = tuple(a.decode() for a in res[1])
-        sizes = res[2]
-
-        def n(field: str) -> int:
-            return int(h.get(field, 0))
-
-        total = n("total_requests")
-        pending, leased = n("pending"), n("leased")
-        instance = h.get("assigned_instance")
-        return WorkflowStatus(
-            workflow_id=workflow_id,
-            active_agents=len(agents),
-            agents=agents,
-            total_requests=total,
-            affinity_hits=n("affinity_hits"),
-            affinity_hit_rate=ratio(n("affinity_hits"), total),
-            failovers=n("failovers"),
-            completed_requests=n("completed_requests"),
-            failed_requests=n("failed_requests"),
-            cache_hits=n("cache_hits"),
-            cache_hit_rate=ratio(n("cached_tokens"), n("prompt_tokens")),
-            prompt_tokens=n("prompt_tokens"),
-            cached_tokens=n("cached_tokens"),
-            avg_routing_latency_seconds=float(h.get("latency_sum", 0.0)) / total if total else 0.0,
-            assigned_instance=instance.decode() if instance is not None else None,
-            created_at=float(h["created_at"]),
-            last_updated=float(h["last_updated"]),
-            queued_messages=pending - leased,
-            in_flight_messages=leased,
-            queues={
-                a: QueueStatus(int(sizes[2 * i]) - int(sizes[2 * i + 1]), int(sizes[2 * i + 1]))
-                for i, a in enumerate(agents)
-            },
-            messages=MessageCounters(
-                n("sent"), n("delivered"), n("acked"), n("redelivered"), n("expired"), n("rejected"), n("dropped")
-            ),
-        )
+            raise not_found(workflow_id)
+        return decode_status(workflow_id, res)
 
     async def stats(self) -> SystemStats:
         now = self._clock()
         res = await self._run("stats", repr(now))
-        h = _flat_hash(res[0])
-        rejected = {code: int(count) for code, count in _flat_hash(res[1]).items()}
-
-        def n(field: str) -> int:
-            return int(h.get(field, 0))
-
-        total, prompt = n("total_requests"), n("prompt_tokens")
-        return SystemStats(
-            active_workflows=int(res[2]),
-            max_workflows=self.settings.max_workflows,
-            workflows_created=n("workflows_created"),
-            workflows_expired=n("workflows_expired"),
-            workflows_deleted=n("workflows_deleted"),
-            total_requests=total,
-            affinity_hits=n("affinity_hits"),
-            affinity_hit_rate=ratio(n("affinity_hits"), total),
-            completed_requests=n("completed_requests"),
-            cache_hits=n("cache_hits"),
-            cache_hit_rate=ratio(n("cached_tokens"), prompt),
-            prompt_tokens=prompt,
-            cached_tokens=n("cached_tokens"),
-            records_rejected=n("records_rejected"),
-            queues=n("queues"),
-            queued_messages=n("pending") - n("leased"),
-            in_flight_messages=n("leased"),
-            messages=MessageCounters(
-                n("sent"),
-                n("delivered"),
-                n("acked"),
-                n("redelivered"),
-                n("expired"),
-                sum(rejected.values()),
-                n("dropped"),
-            ),
-            rejected_by_code=rejected,
-            uptime_seconds=max(0.0, now - float(h.get("started_at", now))),
-        )
+        return decode_stats(res, now, self.settings.max_workflows)
 
     async def delete_workflow(self, workflow_id: str) -> DeleteResult:
         check_id(workflow_id, "workflow_id")
         res = await self._run("delete", workflow_id)
         if res is None:
-            raise self._not_found(workflow_id)
+            raise not_found(workflow_id)
         log.info("workflow deleted", extra={"workflow_id": sanitize_for_log(workflow_id), "dropped_messages": int(res)})
         return DeleteResult(workflow_id, int(res))
 
     async def record(self, records: Sequence[RequestRecord]) -> RecordResult:
-        """One script per batch: records are validated and summed here per (workflow, agent), in order of
-        first appearance, so limits refuse the same records as in the memory store."""
-        groups: dict[_Key, _Aggregate] = {}
-        invalid = 0
-        for index, rec in enumerate(records):
-            try:
-                check_record(rec)
-            except A2AError:
-                invalid += 1
-                continue
-            agg = groups.get((rec.workflow_id, rec.agent_id))
-            if agg is None:
-                agg = groups[(rec.workflow_id, rec.agent_id)] = _Aggregate()
-            agg.records += 1
-            if rec.kind is RecordKind.ROUTED:
-                agg.routed += 1
-                agg.affinity_hits += rec.affinity_hit
-                agg.failovers += rec.failover
-                agg.latency += rec.routing_latency_seconds
-                if rec.instance:
-                    agg.instance_index, agg.instance = index, rec.instance
-            else:
-                agg.completed += 1
-                agg.failed += rec.status_code >= 400
-                agg.prompt_tokens += rec.prompt_tokens
-                agg.cached_tokens += rec.cached_tokens
-                agg.cache_hits += rec.cached_tokens > 0
+        """One script per batch: records are validated and summed here per (workflow, agent) (``record_args``)."""
+        invalid, groups = record_args(records)
         if not groups and not invalid:
             return RecordResult(0, 0)
         s = self.settings
-        args: list[Any] = [repr(self._clock()), s.max_workflows, s.max_agents_per_workflow, invalid]
-        for (workflow_id, agent_id), g in groups.items():
-            args += [
-                workflow_id, agent_id, g.records, g.routed, g.affinity_hits, g.failovers, repr(g.latency),
-                g.completed, g.failed, g.prompt_tokens, g.cached_tokens, g.cache_hits, g.instance_index, g.instance,
-            ]  # fmt: skip
-        assert len(args) == 4 + RECORD_FIELDS * len(groups)
+        args = [repr(self._clock()), s.max_workflows, s.max_agents_per_workflow, invalid, *groups]
         accepted, rejected = await self._run("record", *args)
         return RecordResult(int(accepted), int(rejected))
 
@@ -572,122 +389,6 @@ class RedisStore:
             except Exception:  # never let the sweeper die; it is the backstop for expiry
                 log.exception("sweep failed")
 
-    async def _resync_forever(self) -> None:
-        while not self._closing:
-            await asyncio.sleep(RESYNC_INTERVAL)
-            for key in list(self._waiters):
-                self._kick(key)
-
-    async def _listen_forever(self) -> None:
-        """Keep one subscription to the wake-up channel; serve the lines its messages name."""
-        delay = 0.05
-        lost = False
-        # The loops also watch the closing flag: redis-py's get_message(timeout=...) can swallow a cancellation
-        # (it returns None), which would keep this task alive and hang close().
-        while not self._closing:
-            pubsub = self._wake_redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel)
-                self._subscribed.set()
-                delay = 0.05
-                if lost:
-                    log.info("wake-up subscription restored")
-                    lost = False
-                for key in list(self._waiters):  # wake-ups published while unsubscribed were lost
-                    self._kick(key)
-                while not self._closing:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self._on_wake(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._subscribed.clear()
-                if not lost:
-                    log.warning("wake-up subscription lost; retrying", extra={"error": _describe(exc)})
-                    lost = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), 1.0)
-
-    def _on_wake(self, data: bytes) -> None:
-        parts = data.decode(errors="replace").split("|")
-        if len(parts) < 3 or parts[0] == self.replica_id:
-            return  # this replica's own sends already served its waiters
-        workflow_id = parts[1]
-        for agent in parts[2:]:
-            if (workflow_id, agent) in self._waiters:
-                self._kick((workflow_id, agent))
-
-    # ------------------------------------------------------------------ serving waiting receivers
-
-    def _kick(self, key: _Key) -> None:
-        """Serve the line of ``key`` (now, or once more after the receive script in flight)."""
-        if key in self._serving:
-            self._dirty.add(key)
-        elif self._waiters.get(key):
-            self._serving[key] = asyncio.get_running_loop().create_task(self._serve(key))
-
-    async def _serve(self, key: _Key) -> None:
-        """Run the receive script for the head of the line until the queue or the line is empty. Waiters
-        that only look once get [] from an empty answer to a script that started after they arrived."""
-        workflow_id, agent_id = key
-        try:
-            while True:
-                self._dirty.discard(key)
-                line = self._waiters.get(key)
-                while line and line[0].future.done():
-                    line.popleft()
-                if not line:
-                    return
-                head = line[0]
-                self._tickets += 1
-                started = self._tickets
-                try:
-                    out, next_lease = await self._take(
-                        workflow_id, agent_id, head.max_messages, head.visibility_timeout, self._wait_ms(line)
-                    )
-                except StoreUnavailableError as exc:
-                    for waiter in list(line):
-                        if not waiter.future.done():
-                            waiter.future.set_exception(exc)
-                    continue
-                except A2AError as exc:  # e.g. too many workflows: this receive is refused, like in memory
-                    if not head.future.done():
-                        head.future.set_exception(exc)
-                    continue
-                except Exception:
-                    log.exception("receive failed")
-                    if not head.future.done():
-                        head.future.set_exception(A2AError("internal error"))
-                    continue
-                if out:
-                    if head.future.done():  # timed out or cancelled while the script ran
-                        await self._release_quietly(workflow_id, agent_id, out)
-                    else:
-                        head.future.set_result(out)
-                        with contextlib.suppress(ValueError):
-                            line.remove(head)
-                    continue
-                for waiter in list(line):
-                    if waiter.once and waiter.ticket < started and not waiter.future.done():
-                        waiter.future.set_result([])
-                if next_lease is not None:
-                    self._arm_lease_timer(key, next_lease)
-                if key in self._dirty or any(w.once and not w.future.done() for w in line):
-                    continue
-                return
-        finally:
-            self._serving.pop(key, None)
-
-    def _wait_ms(self, line: Iterable[_Waiter]) -> int:
-        """How long the queue must stay marked as waited on (0: nobody here will wait)."""
-        deadline = max((w.deadline for w in line if not w.once and not w.future.done()), default=None)
-        if deadline is None:
-            return 0
-        return max(0, int((deadline - asyncio.get_running_loop().time()) * 1000)) + _WAIT_MARGIN_MS
 
     async def _take(
         self, workflow_id: str, agent_id: str, max_messages: int, visibility_timeout: float | None, wait_ms: int
@@ -708,63 +409,10 @@ class RedisStore:
             wait_ms,
         )
         if res[0] == b"E":
-            raise self._refusal(res, workflow_id)
-        out: list[Delivery] = []
-        for i in range(2, len(res), 4):
-            message_id, count, seq, body = res[i : i + 4]
-            created, expires, source, target, message_type, payload = body.split(b"|", 5)
-            message = Message(
-                message_id=message_id.decode(),
-                workflow_id=workflow_id,
-                source_agent=source.decode(),
-                target_agent=target.decode(),
-                message_type=message_type.decode(),
-                payload=payload,
-                created_at=float(created),
-                expires_at=float(expires),
-            )
-            out.append(Delivery(message, int(count), deadline, int(seq)))
+            raise refusal(res, workflow_id, self.settings)
+        out = decode_deliveries(res, workflow_id, deadline)
         return out, float(res[1]) if res[1] else None
 
-    def _give_up(self, waiter: _Waiter) -> None:
-        if waiter.future.done():
-            return
-        if waiter.once:
-            waiter.future.set_exception(self._unavailable(TimeoutError("no answer from Redis in time")))
-        else:
-            waiter.future.set_result([])
-
-    def _arm_lease_timer(self, key: _Key, deadline: float) -> None:
-        """Serve the line again when the queue's earliest lease ends (one timer per queue)."""
-        if self._closing or key not in self._waiters:
-            return
-        loop = asyncio.get_running_loop()
-        when = loop.time() + max(0.0, deadline - self._clock()) + _LEASE_SLACK
-        timer = self._lease_timers.get(key)
-        if timer is not None:
-            if not timer.cancelled() and timer.when() <= when:
-                return
-            timer.cancel()
-        self._lease_timers[key] = loop.call_at(when, self._on_lease_timer, key)
-
-    def _on_lease_timer(self, key: _Key) -> None:
-        self._lease_timers.pop(key, None)
-        if key in self._waiters:
-            self._kick(key)
-
-    async def _release_quietly(self, workflow_id: str, agent_id: str, deliveries: Sequence[Delivery]) -> None:
-        try:
-            await self.release(workflow_id, agent_id, deliveries)
-        except A2AError as exc:
-            log.warning(
-                "could not put back messages a receiver never got",
-                extra={"workflow_id": sanitize_for_log(workflow_id), "count": len(deliveries), "error": exc.message},
-            )
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ Redis calls and errors
 
@@ -778,7 +426,7 @@ class RedisStore:
                 result = await call
         except ResponseError as exc:
             if not str(exc).startswith(_UNAVAILABLE_REPLIES):
-                log.error("Redis refused a store script", extra={"error": _describe(exc)})
+                log.error("Redis refused a store script", extra={"error": describe(exc)})
                 raise A2AError("internal error: the store refused the operation") from exc
             raise self._unavailable(exc) from exc
         except (RedisError, OSError, TimeoutError) as exc:
@@ -791,36 +439,9 @@ class RedisStore:
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
         if not self._down:
             self._down = True
-            log.warning("Redis store unavailable", extra={"error": _describe(exc)})
-        return StoreUnavailableError(f"the message store (Redis) is unavailable: {_describe(exc)}; retry later")
+            log.warning("Redis store unavailable", extra={"error": describe(exc)})
+        return StoreUnavailableError(f"the message store (Redis) is unavailable: {describe(exc)}; retry later")
 
     async def _note_rejected_quietly(self, code: str, workflow_id: str) -> None:
         with contextlib.suppress(A2AError):  # the refusal itself must not turn into a 503
             await self.note_rejected(code, workflow_id)
-
-    def _refusal(self, res: Sequence[bytes], workflow_id: str) -> A2AError:
-        s = self.settings
-        code, detail = res[1].decode(), res[2].decode()
-        if code == "too_many_workflows":
-            return TooManyWorkflowsError(f"the service already holds {s.max_workflows} workflows", param="workflow_id")
-        if code == "too_many_agents":
-            return TooManyAgentsError(
-                f"workflow {workflow_id!r} already has {detail} agents (limit {s.max_agents_per_workflow})",
-                param="agent_id",
-            )
-        if code == "queue_full":
-            return QueueFullError(
-                f"queue of agent {detail!r} is full ({s.max_message_queue_size} messages)", param="target_agent"
-            )
-        if code == "workflow_not_found":
-            return self._not_found(workflow_id)
-        return A2AError(f"unexpected store answer {code!r}")
-
-    @staticmethod
-    def _not_found(workflow_id: str) -> NotFoundError:
-        return NotFoundError(f"workflow {workflow_id!r} not found", param="workflow_id", code="workflow_not_found")
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or "no answer in time"
-    return f"{type(exc).__name__}: {text[:200]}"
