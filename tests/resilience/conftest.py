@@ -14,12 +14,12 @@ RESULTS: list[ScenarioResult] = []
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "resilience: fault injection under load through the real stack "
-                            "(benchmarks/chaos.py)")
+                            "(benchmarks/chaos/)")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if RESULTS:
-        terminalreporter.write_sep("=", "resilience scenarios (benchmarks/chaos.py)")
+        terminalreporter.write_sep("=", "resilience scenarios (benchmarks/chaos/)")
         terminalreporter.write_line(format_table(RESULTS))
 
 

@@ -1,4 +1,5 @@
-"""The pure accounting of benchmarks/chaos.py: recovery time, rates, exactly-once message counts, the table."""
+"""The pure accounting of benchmarks/chaos/_accounting.py: recovery time, rates, exactly-once message counts, the
+table."""
 
 from __future__ import annotations
 

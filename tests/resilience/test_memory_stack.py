@@ -1,5 +1,5 @@
 """Faults on the single-replica stack (memory stores): ext_proc, a vLLM instance, the A2A service and Envoy
-itself, each injected under the mixed load of benchmarks/chaos.py. Broader versions of the single-fault e2e
+itself, each injected under the mixed load of benchmarks/chaos/. Broader versions of the single-fault e2e
 tests (tests/e2e/test_placement_e2e.py, test_routing_e2e.py's fail-open test): mixed load, A2A traffic and
 client-side counts. The scenarios share one stack and restore it (tests run in file order)."""
 
