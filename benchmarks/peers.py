@@ -4,23 +4,20 @@ vllm-router 0.1.17's ``cache_aware`` policy matches prefixes on token ids. For e
 for them, first with ``POST /v1/completions/render`` and then with vLLM's ``POST /tokenize``; when neither
 answers it routes with no prefix information at all (outcome ``missing_tokens`` of its
 ``vllm_router_prefix_routing_decisions_total`` metric: the least-loaded worker, the first one on ties). The
-simulator serves neither endpoint, which would silently turn ``cache_aware`` into plain least-loaded routing.
+simulator serves vLLM's ``/tokenize`` (``benchmarks/simulator/app.py``: ``{"model", "prompt" | "messages"}`` ->
+``{"count", "max_model_len", "tokens", "token_strs"}``, the simulator's own token ids), so the ids vllm-router
+matches on are the ids the engine caches; ``/v1/completions/render`` answers 404 (vllm-router then falls back
+to ``/tokenize``).
 
-``python -m benchmarks.peers <simulator flags>`` therefore runs the simulator exactly as
-``python -m benchmarks.simulator`` does (same flags, same ``VLLM_SIM_LISTENING port=N`` line), plus vLLM's
-``/tokenize`` (``{"model", "prompt" | "messages"}`` -> ``{"count", "max_model_len", "tokens",
-"token_strs"}``) answered with the simulator's own tokenizer, so the ids vllm-router matches on are the ids
-the engine caches. ``/v1/completions/render`` still answers 404 (vllm-router then falls back to
-``/tokenize``). The comparison starts every contender's fleet with this command, so all fleets are identical.
+``python -m benchmarks.peers <simulator flags>`` runs the simulator exactly as ``python -m
+benchmarks.simulator`` does (same flags, same ``VLLM_SIM_LISTENING port=N`` line). The comparison starts every
+contender's fleet with this command, so all fleets are identical.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -28,79 +25,23 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from benchmarks.simulator.__main__ import build_config
-from benchmarks.simulator.config import LISTENING_MARKER, SimConfig
-from benchmarks.simulator.server import SimServer
-from benchmarks.simulator.tokenizer import apply_chat_template, encode
+from benchmarks.simulator.__main__ import main as simulator_main
+from benchmarks.simulator.config import LISTENING_MARKER
 from benchmarks.stack import Process, free_port, spawn, wait_for_line
 
 VLLM_ROUTER_VERSION = "0.1.17"
 
 
-# --- the simulator with vLLM's /tokenize --------------------------------------------------------------------
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
-
-
-def add_tokenize(app: Starlette, max_model_len: int) -> None:
-    """Add vLLM's ``POST /tokenize`` to a simulator app (the ids of the simulator's tokenizer, no BOS)."""
-
-    async def tokenize(request: Request) -> Response:
-        try:
-            body = orjson.loads(await request.body())
-            if "messages" in body:
-                ids = encode(apply_chat_template(body["messages"], bool(body.get("add_generation_prompt", True))))
-            else:
-                prompt = body["prompt"]
-                ids = list(prompt) if isinstance(prompt, list) else encode(str(prompt))
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            return _json({"error": {"message": f"invalid tokenize request: {exc}", "type": "BadRequestError"}}, 400)
-        return _json({"count": len(ids), "max_model_len": max_model_len, "tokens": ids, "token_strs": None})
-
-    app.router.routes.insert(0, Route("/tokenize", tokenize, methods=["POST"]))
-
-
-async def serve_with_tokenize(config: SimConfig) -> None:
-    server = SimServer(config)
-    add_tokenize(server.app, server.sim.engine.max_model_len)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    port = await server.start()
-    sys.stdout.write(f"{LISTENING_MARKER} port={port}\n")
-    sys.stdout.flush()
-    await stop.wait()
-    await server.stop()
-
-
+# --- the simulator (it serves vLLM's /tokenize itself) ---------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = build_config(argv)
-    except ValueError as exc:
-        print(f"vllm-sim (peers): {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr)
-    try:  # the event loop the simulator's own CLI uses (uvloop ships with uvicorn[standard])
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:  # pragma: no cover
-        runner = asyncio.Runner()
-    with runner:
-        runner.run(serve_with_tokenize(config))
-    return 0
+    """``python -m benchmarks.peers``: the simulator's own CLI (kept so existing fleet commands still work)."""
+    return simulator_main(argv)
 
 
 # --- the fleet ----------------------------------------------------------------------------------------------
 def start_fleet(instances: int, sim_args: Sequence[str], run_dir: Path) -> dict[str, Process]:
-    """``instances`` simulators (with /tokenize) on free ports, named vllm-1 ...; ``process.ports['http']``."""
+    """``instances`` simulators on free ports, named vllm-1 ...; ``process.ports['http']``."""
     fleet: dict[str, Process] = {}
     try:
         for index in range(1, instances + 1):

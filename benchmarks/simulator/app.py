@@ -42,7 +42,9 @@ from .protocol import (
     error_body,
     parse_chat,
     parse_completion,
+    parse_tokenize,
     sse,
+    tokenize_response,
     usage,
 )
 
@@ -327,6 +329,17 @@ def create_app(config: SimConfig, *, rng: random.Random | None = None) -> Starle
     async def metrics(request: Request) -> Response:
         return Response(sim.metrics.exposition(), media_type=CONTENT_TYPE)
 
+    async def tokenize(request: Request) -> Response:
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            return _error(400, f"invalid JSON body: {exc}")
+        try:
+            ids, token_strs = parse_tokenize(body)
+        except BadRequestError as exc:
+            return _sim_error(exc)
+        return JSONResponse(tokenize_response(ids, token_strs, sim.engine.max_model_len))
+
     async def reset_prefix_cache(request: Request) -> Response:
         sim.engine.reset_prefix_cache()
         return Response(status_code=200)
@@ -386,6 +399,7 @@ def create_app(config: SimConfig, *, rng: random.Random | None = None) -> Starle
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
         Route("/reset_prefix_cache", reset_prefix_cache, methods=["POST"]),
         Route("/sim/requests", sim_requests, methods=["GET"]),
         Route("/sim/stats", sim_stats, methods=["GET"]),

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypedDict
 
 from .engine import DEFAULT_MAX_TOKENS
 from .errors import BadRequestError
-from .tokenizer import apply_chat_template, encode
+from .tokenizer import apply_chat_template, encode, pieces
 
 __all__ = [
     "ParsedRequest",
@@ -28,7 +28,9 @@ __all__ = [
     "error_body",
     "parse_chat",
     "parse_completion",
+    "parse_tokenize",
     "sse",
+    "tokenize_response",
     "usage",
 ]
 
@@ -165,6 +167,50 @@ def parse_chat(body: Any) -> ParsedRequest:
     stream, include_usage = _stream(b)
     max_tokens = _max_tokens(b, "max_completion_tokens", "max_tokens")
     return ParsedRequest("chat", b.get("model"), encode(text), max_tokens, stream, include_usage, _seed(b))
+
+
+def _flag(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadRequestError(f"'{name}' must be a boolean", name)
+    return value
+
+
+def parse_tokenize(body: Any) -> tuple[list[int], list[str] | None]:
+    """``POST /tokenize`` body -> ``(token ids, token strings or None)``, as vLLM accepts it
+    (``vllm/entrypoints/openai/protocol.py``): ``TokenizeCompletionRequest`` ``{"model", "prompt",
+    "add_special_tokens", "return_token_strs"}`` or ``TokenizeChatRequest`` ``{"model", "messages",
+    "add_generation_prompt", "continue_final_message", "add_special_tokens", "return_token_strs"}``. The
+    tokenizer adds no special tokens either way (it has no BOS: the chat template writes it). Raises
+    :class:`BadRequestError`."""
+    b = _common(body)
+    with_strs = _flag(b, "return_token_strs", False)
+    _flag(b, "add_special_tokens", True)
+    if "messages" in b:
+        messages = b.get("messages")
+        if not isinstance(messages, list):
+            raise BadRequestError("'messages' must be a list", "messages")
+        generation = _flag(b, "add_generation_prompt", True)
+        if generation and _flag(b, "continue_final_message", False):
+            raise BadRequestError(
+                "Cannot set both `continue_final_message` and `add_generation_prompt` to True.", "messages"
+            )
+        try:
+            text = apply_chat_template(messages, generation)
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise BadRequestError(f"invalid messages: {exc}", "messages") from exc
+    else:
+        text = b.get("prompt")
+        if not isinstance(text, str):
+            raise BadRequestError("'prompt' (a string) or 'messages' is required", "prompt")
+    return encode(text), (pieces(text) if with_strs else None)
+
+
+def tokenize_response(ids: list[int], token_strs: list[str] | None, max_model_len: int) -> dict[str, Any]:
+    """vLLM's ``TokenizeResponse``."""
+    return {"count": len(ids), "max_model_len": max_model_len, "tokens": ids, "token_strs": token_strs}
 
 
 # --- encoding -------------------------------------------------------------------------------------------------
