@@ -13,7 +13,7 @@ Definitions (every figure comes from responses the client received; nothing is m
   mean TTFT (time to the first streamed token), mean end-to-end latency, and the cached-token rate
   (``usage.prompt_tokens_details.cached_tokens`` / ``prompt_tokens``). Without metadata our gateway falls back
   to prefix-aware routing, which finds a context-first workflow's shared prefix too: the comparison shows what
-  the metadata adds over that, not over random routing (benchmarks/compare_routers.py compares routers).
+  the metadata adds over that, not over random routing (benchmarks/compare_routers/ compares routers).
 - a2a: messages sent to one agent's queue and received by long-poll, through the gateway's /v1/workflows
   routes: per-message send latency, receive latency of a waiting message, and throughput of send+receive.
 """

@@ -2,7 +2,7 @@
 
 Pure: :func:`generate` draws everything from the one ``random.Random`` it is given, so the same seed gives the
 same :class:`Plan` in every process, and every router contender replays exactly the same workflows. Nothing
-here does I/O; the replay (``benchmarks/compare_routers.py``) sends the requests and feeds each agent's actual
+here does I/O; the replay (``benchmarks/compare_routers/``) sends the requests and feeds each agent's actual
 generated text back through :meth:`Workflow.prompt`, so the transcripts (and with them the prompts) are
 driven by the run.
 
