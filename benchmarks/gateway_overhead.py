@@ -128,20 +128,13 @@ def _drive(coroutine: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("the routing path suspended: it awaited I/O")
 
 
-def _servicer(active_workflows: int, registry: object = None):  # type: ignore[no-untyped-def]
+def _router(active_workflows: int, assignments: object = None):  # type: ignore[no-untyped-def]
     from extproc.config import Settings
-    from extproc.metrics import Metrics
     from extproc.reporting import NullReporter
-    from extproc.routing.inflight import InFlight
-    from extproc.routing.policy import Router
-    from extproc.routing.workflows import WorkflowTable
-    from extproc.servicer import ExtProcServicer
+    from extproc.server import build_router
 
     settings = Settings(max_workflows=active_workflows * 2)
-    router = Router([b.cluster for b in settings.backends], WorkflowTable(3600, active_workflows * 2))
-    inflight = InFlight(router)
-    return ExtProcServicer(settings, router, inflight, Metrics(router, inflight), NullReporter(),
-                           registry=registry)  # type: ignore[arg-type]
+    return build_router(settings, NullReporter(), assignments=assignments)  # type: ignore[arg-type]
 
 
 def _messages(workflow_ids: list[str]):  # type: ignore[no-untyped-def]
@@ -166,17 +159,18 @@ def _messages(workflow_ids: list[str]):  # type: ignore[no-untyped-def]
 async def store_decision_times(store: str, samples: int) -> dict[str, tuple[float, float]]:
     """p50/p99 of one routed request (headers + body messages) through the servicer, awaited on an event loop,
     for a known workflow (affinity: local) and a new one (with Redis: one atomic claim round trip)."""
-    from extproc.registry import RedisRegistry
-    from extproc.servicer import _Stream
+    from extproc.datastore.shared_assignments import RedisAssignments
+    from extproc.handlers.server import Stream
 
-    registry = None
+    assignments = None
     if store != "memory":
-        registry = RedisRegistry(store, ttl=3600, max_workflows=1_000_000, prefix=f"bench{time.time_ns()}:")
-    servicer = _servicer(samples * 2, registry)
+        assignments = RedisAssignments(store, ttl=3600, max_workflows=1_000_000, prefix=f"bench{time.time_ns()}:")
+    router = _router(samples * 2, assignments)
+    servicer = router.servicer
     headers, known = _messages([f"known-{i}" for i in range(1000)])
     _, fresh = _messages([f"fresh-{i}" for i in range(samples)])
     for message in known:
-        stream = _Stream()
+        stream = Stream()
         await servicer.handle(headers, stream)
         await servicer.handle(message, stream)
     result = {}
@@ -184,42 +178,42 @@ async def store_decision_times(store: str, samples: int) -> dict[str, tuple[floa
                             ("new workflow", fresh)):
         times = []
         for message in messages:
-            stream = _Stream()
+            stream = Stream()
             started = time.perf_counter()
             await servicer.handle(headers, stream)
             await servicer.handle(message, stream)
             times.append(time.perf_counter() - started)
-            servicer.inflight.finish(stream.route_id)  # type: ignore[arg-type]
+            router.inflight.finish(stream.request.route_id)  # type: ignore[union-attr,arg-type]
         times.sort()
         result[label] = (times[len(times) // 2], times[int(len(times) * 0.99)])
-    if registry is not None:
-        await registry.stop()
+    if assignments is not None:
+        await assignments.stop()
     return result
 
 
 def routing_decision_times(active_workflows: int, samples: int) -> tuple[float, float]:
     """p50/p99 seconds of the servicer's synchronous core for one body message, at N active workflows."""
-    from extproc.servicer import _Stream
+    from extproc.handlers.server import Stream
 
-    servicer = _servicer(active_workflows)
-    router = servicer.router
+    router = _router(active_workflows)
+    servicer = router.servicer
     headers, bodies = _messages([f"wf-{i}" for i in range(active_workflows)])
     for message in bodies:  # every workflow becomes active
-        stream = _Stream()
+        stream = Stream()
         _drive(servicer.handle(headers, stream))
         _drive(servicer.handle(message, stream))
-    assert len(router.table) == active_workflows
+    assert len(router.workflows) == active_workflows
     rng = random.Random(1)
     times = []
     perf = time.perf_counter
     for _ in range(samples):
         message = bodies[rng.randrange(active_workflows)]
-        stream = _Stream()
+        stream = Stream()
         started = perf()
         _drive(servicer.handle(headers, stream))
         _drive(servicer.handle(message, stream))
         times.append(perf() - started)
-        servicer.inflight.finish(stream.route_id)  # type: ignore[arg-type]
+        router.inflight.finish(stream.request.route_id)  # type: ignore[union-attr,arg-type]
     times.sort()
     return times[len(times) // 2], times[int(len(times) * 0.99)]
 

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from a2a_service.v1 import a2a_pb2, a2a_pb2_grpc
 from extproc.metadata import WorkflowMetadata
-from extproc.routing.policy import Decision
+from extproc.requestcontrol.types import Decision
 from extproc.usage import Usage
 
 log = logging.getLogger("extproc.reporter")

@@ -7,14 +7,17 @@ does not pay for them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from extproc.routing.inflight import InFlight
-from extproc.routing.policy import Router
+from extproc.datastore.endpoints import Endpoints
+from extproc.datastore.inflight import InFlight
+from extproc.datastore.prefix_index import PrefixIndex
+from extproc.datastore.workflows import WorkflowTable
+from extproc.scheduling.framework import FastHistogram, Stats
 from extproc.usage import Usage
 
 # Routing decisions take microseconds; the buckets resolve 10 µs .. 100 ms.
@@ -23,12 +26,16 @@ REASONS = ("affinity", "new_workflow", "failover", "rebalance", "prefix", "no_me
 
 
 class _RouterCollector(Collector):
-    def __init__(self, router: Router, inflight: InFlight) -> None:
-        self.router = router
+    def __init__(self, endpoints: Endpoints, workflows: WorkflowTable, inflight: InFlight,
+                 prefix_index: PrefixIndex | None) -> None:
+        self.endpoints = endpoints
+        self.workflows = workflows
         self.inflight = inflight
+        self.prefix_index = prefix_index
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        table = self.router.table
+        table = self.workflows
+        endpoints = self.endpoints
         yield GaugeMetricFamily("workflow_active_count", "Workflows with a live instance assignment",
                                 value=len(table))
         yield CounterMetricFamily("extproc_workflow_evictions", "Workflows evicted at --max-workflows (LRU)",
@@ -39,28 +46,56 @@ class _RouterCollector(Collector):
                                         "Requests routed to an instance and not finished", labels=["instance"])
         healthy = GaugeMetricFamily("extproc_instance_healthy", "1 if the instance is routable",
                                     labels=["instance"])
-        for instance in self.router.instances:
-            outstanding.add_metric([instance], self.router.outstanding[instance])
-            healthy.add_metric([instance], 1.0 if instance in self.router.healthy else 0.0)
+        for instance in endpoints.instances:
+            outstanding.add_metric([instance], endpoints.outstanding[instance])
+            healthy.add_metric([instance], 1.0 if instance in endpoints.healthy else 0.0)
         yield outstanding
         yield healthy
-        index = self.router.prefix_index
+        index = self.prefix_index
         if index is not None:
             yield GaugeMetricFamily("extproc_prefix_index_entries", "Block hashes held by the prefix index",
                                     value=index.entries())
             yield GaugeMetricFamily("extproc_prefix_index_bytes", "Approximate memory of the prefix index",
                                     value=index.approx_bytes())
         load = GaugeMetricFamily("extproc_instance_load", "Load score the routing policy uses", labels=["instance"])
-        for instance in self.router.instances:
-            load.add_metric([instance], self.router.load(instance))
+        for instance in endpoints.instances:
+            load.add_metric([instance], endpoints.load(instance))
         yield load
         yield CounterMetricFamily("extproc_inflight_abandoned",
                                   "Routed requests whose end was never observed by this replica",
                                   value=self.inflight.abandoned)
 
 
+def _histogram(family: HistogramMetricFamily, labels: list[str], histogram: FastHistogram) -> None:
+    family.add_metric(labels, histogram.buckets(), histogram.total)
+
+
+class _SchedulerCollector(Collector):
+    """Per-plugin call time and per-scorer score distributions of the scheduling framework."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[HistogramMetricFamily | CounterMetricFamily]:
+        seconds = HistogramMetricFamily("extproc_scheduler_plugin_duration_seconds",
+                                        "Time of one scheduling plugin call", labels=["kind", "plugin"])
+        for (kind, name), histogram in sorted(self.stats.seconds.items()):
+            _histogram(seconds, [kind, name], histogram)
+        yield seconds
+        scores = HistogramMetricFamily("extproc_scheduler_scorer_score",
+                                       "Scores a scorer gave candidates (0..1, before weighting)", labels=["scorer"])
+        for name, histogram in sorted(self.stats.scores.items()):
+            _histogram(scores, [name], histogram)
+        yield scores
+        profiles = CounterMetricFamily("extproc_scheduler_profile_runs", "Requests scheduled by each profile",
+                                       labels=["profile"])
+        for name, count in sorted(self.stats.profiles.items()):
+            profiles.add_metric([name], count)
+        yield profiles
+
+
 class Metrics:
-    def __init__(self, router: Router, inflight: InFlight, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, instances: Sequence[str], registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         reg = self.registry
         self.total_requests = Counter(
@@ -74,7 +109,7 @@ class Metrics:
             "extproc_routing_decisions", "Routing decisions by instance and reason", ["instance", "reason"],
             registry=reg,
         )
-        self.decisions = {(i, r): decisions.labels(i, r) for i in router.instances for r in REASONS}
+        self.decisions = {(i, r): decisions.labels(i, r) for i in instances for r in REASONS}
         self._bad_requests = Counter(
             "extproc_bad_requests", "Requests answered 400 by the ext_proc server", ["code"], registry=reg
         )
@@ -86,9 +121,14 @@ class Metrics:
                          registry=reg)
         cached = Counter("extproc_cached_tokens", "Cached prompt tokens reported by backends' usage (vLLM "
                          "usage.prompt_tokens_details.cached_tokens)", ["instance"], registry=reg)
-        self._prompt = {i: prompt.labels(i) for i in router.instances}
-        self._cached = {i: cached.labels(i) for i in router.instances}
-        reg.register(_RouterCollector(router, inflight))
+        self._prompt = {i: prompt.labels(i) for i in instances}
+        self._cached = {i: cached.labels(i) for i in instances}
+
+    def watch(self, endpoints: Endpoints, workflows: WorkflowTable, inflight: InFlight,
+              prefix_index: PrefixIndex | None, scheduler_stats: Stats) -> None:
+        """Figures that live in the routing state, read at scrape time (the request path does not pay)."""
+        self.registry.register(_RouterCollector(endpoints, workflows, inflight, prefix_index))
+        self.registry.register(_SchedulerCollector(scheduler_stats))
 
     def usage(self, instance: str, usage: Usage) -> None:
         prompt = self._prompt.get(instance)

@@ -13,18 +13,57 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import disable_created_metrics, start_http_server
 
-from extproc.backends import BackendPoller
 from extproc.config import Settings
+from extproc.datastore.endpoints import Endpoints
+from extproc.datastore.inflight import InFlight
+from extproc.datastore.poller import BackendPoller
+from extproc.datastore.prefix_index import PrefixIndex
+from extproc.datastore.shared_assignments import RedisAssignments
+from extproc.datastore.workflows import WorkflowTable
+from extproc.handlers.server import ExtProcServicer
+from extproc.kv_index import LMCacheIndex, build_kv_index
 from extproc.metrics import Metrics
-from extproc.registry import RedisRegistry
 from extproc.reporting import NullReporter, Reporter
-from extproc.routing.inflight import InFlight
-from extproc.routing.policy import Router
-from extproc.routing.prefix import PrefixIndex
-from extproc.routing.workflows import WorkflowTable
-from extproc.servicer import ExtProcServicer
+from extproc.requestcontrol.director import Director
+from extproc.scheduling.profiles import build_scheduler, load_config, parse_weights
+from extproc.scheduling.registry import PluginContext
 
 log = logging.getLogger("extproc")
+
+
+@dataclass(slots=True)
+class Router:
+    """The routing core of one server, wired: datastore, scheduler, director and the ext_proc servicer."""
+
+    endpoints: Endpoints
+    workflows: WorkflowTable
+    prefix_index: PrefixIndex | None
+    inflight: InFlight
+    metrics: Metrics
+    director: Director
+    servicer: ExtProcServicer
+
+
+def build_router(settings: Settings, reporter: Reporter, *, assignments: RedisAssignments | None = None,
+                 kv_index: LMCacheIndex | None = None) -> Router:
+    """Everything a request touches, without I/O (tests and the decision-time benchmark call it directly).
+    Raises ``ValueError`` for a bad scheduling config."""
+    instances = [b.cluster for b in settings.backends]
+    endpoints = Endpoints(instances)
+    workflows = WorkflowTable(settings.workflow_ttl, settings.max_workflows)
+    prefix_index = PrefixIndex(instances, settings.prefix_capacity_blocks) if settings.prefix_routing else None
+    if prefix_index is not None:
+        endpoints.on_down.append(prefix_index.forget)  # a dead instance's cache is gone
+    config = load_config(settings.scheduling_config) if settings.scheduling_config else None
+    scheduler = build_scheduler(endpoints, PluginContext(settings.batching_preference, prefix_index), config,
+                                parse_weights(settings.scorer_weights))
+    inflight = InFlight(endpoints)
+    metrics = Metrics(instances)
+    metrics.watch(endpoints, workflows, inflight, prefix_index, scheduler.stats)
+    director = Director(settings, endpoints, workflows, scheduler, inflight, metrics, reporter,
+                        assignments=assignments, kv_index=kv_index)
+    servicer = ExtProcServicer(director, metrics, settings.max_request_body_bytes)
+    return Router(endpoints, workflows, prefix_index, inflight, metrics, director, servicer)
 
 
 @dataclass(slots=True)
@@ -32,10 +71,10 @@ class Running:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     router: Router
-    metrics: Metrics
     reporter: Reporter
     poller: BackendPoller
-    registry: RedisRegistry | None
+    assignments: RedisAssignments | None
+    kv_index: LMCacheIndex | None
     grpc_port: int
     metrics_port: int
 
@@ -82,30 +121,21 @@ def a2a_channel_credentials(settings: Settings) -> grpc.ChannelCredentials | Non
 
 
 async def start(settings: Settings, reporter: Reporter | None = None) -> Running:
-    disable_created_metrics()  # the *_created series double the exposition for no use here
-    table = WorkflowTable(settings.workflow_ttl, settings.max_workflows)
-    instances = [b.cluster for b in settings.backends]
-    prefix_index = PrefixIndex(instances, settings.prefix_capacity_blocks) if settings.prefix_routing else None
-    router = Router(instances, table, batching_preference=settings.batching_preference, prefix_index=prefix_index)
-    inflight = InFlight(router)
-    metrics = Metrics(router, inflight)
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client; the *_created series double the exposition for no use here
     reporter = reporter if reporter is not None else build_reporter(settings)
-    registry = None
+    assignments = None
     if settings.store != "memory":
-        from extproc.registry import RedisRegistry
-
-        registry = RedisRegistry(settings.store, ttl=settings.workflow_ttl, max_workflows=settings.max_workflows)
-        await registry.start()
-        metrics.registry.register(registry.collector())
-    kv_index = None
-    if settings.kv_index == "lmcache":
-        from extproc.kv_index.lmcache import LMCacheIndex, simulator_tokenizer
-
-        mapping = dict(item.split("=", 1) for item in settings.lmcache_instance_map.split(",") if "=" in item)
-        assert settings.lmcache_url is not None
-        kv_index = LMCacheIndex(settings.lmcache_url, mapping or {i: i for i in instances}, simulator_tokenizer(),
-                                timeout_s=settings.lmcache_timeout)
-    servicer = ExtProcServicer(settings, router, inflight, metrics, reporter, registry=registry, kv_index=kv_index)
+        assignments = RedisAssignments(settings.store, ttl=settings.workflow_ttl,
+                                       max_workflows=settings.max_workflows)
+    kv_index = build_kv_index(settings, [b.cluster for b in settings.backends])
+    router = build_router(settings, reporter, assignments=assignments, kv_index=kv_index)
+    metrics = router.metrics
+    if assignments is not None:
+        await assignments.start()
+        metrics.registry.register(assignments.collector())
+    if kv_index is not None:
+        metrics.registry.register(kv_index.collector())
+    servicer = router.servicer
 
     server = grpc.aio.server(
         options=[
@@ -127,14 +157,15 @@ async def start(settings: Settings, reporter: Reporter | None = None) -> Running
     http_server, _thread = start_http_server(settings.metrics_port, settings.host, registry=metrics.registry)
     metrics_port = http_server.server_port
     poller = BackendPoller(settings.backends, interval=settings.poll_interval, timeout=settings.poll_timeout,
-                           publish=router.publish, on_change=router.set_healthy)
+                           publish=router.endpoints.publish, on_change=router.endpoints.set_healthy)
     await poller.start()
     metrics.registry.register(poller.collector())
-    start_reporter = getattr(reporter, "start", None)
-    if start_reporter is not None:
-        await start_reporter()
-        metrics.registry.register(reporter.collector())  # type: ignore[attr-defined]
-    return Running(server, health_servicer, router, metrics, reporter, poller, registry, grpc_port, metrics_port)
+    await reporter.start()
+    reporter_collector = reporter.collector()
+    if reporter_collector is not None:
+        metrics.registry.register(reporter_collector)
+    return Running(server, health_servicer, router, reporter, poller, assignments, kv_index, grpc_port,
+                   metrics_port)
 
 
 async def serve(settings: Settings) -> None:
@@ -160,11 +191,11 @@ async def serve(settings: Settings) -> None:
     # applies failure_mode_allow.
     await running.server.stop(settings.grace_period)
     await running.poller.stop()
-    if running.registry is not None:
-        await running.registry.stop()
-    stop_reporter = getattr(running.reporter, "stop", None)
-    if stop_reporter is not None:
-        await stop_reporter()
+    if running.assignments is not None:
+        await running.assignments.stop()
+    if running.kv_index is not None:
+        await running.kv_index.aclose()
+    await running.reporter.stop()
     log.info("stopped")
 
 
@@ -174,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         settings = settings_from_args(argv)
+        if settings.scheduling_config:  # a bad file fails here, with its problem named, not in a traceback
+            build_router(settings, NullReporter())
     except ValueError as exc:
         print(f"workflow-extproc: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

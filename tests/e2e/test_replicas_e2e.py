@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from benchmarks.stack import Stack
-from extproc.registry import RedisRegistry
+from extproc.datastore.shared_assignments import RedisAssignments
 from tests.conftest import stack_options
 
 CONTEXT = " ".join(f"paragraph {i}: the quarterly figure {i} is {i * 31 % 101}." for i in range(60))
@@ -44,7 +44,7 @@ def replicated() -> Stack:
 async def test_registry_first_writer_wins_and_moves_are_atomic(replicated: Stack) -> None:
     assert replicated.redis_url is not None
     prefix = f"t{uuid.uuid4().hex[:6]}:"
-    replicas = [RedisRegistry(replicated.redis_url, ttl=60, max_workflows=100, prefix=prefix) for _ in range(4)]
+    replicas = [RedisAssignments(replicated.redis_url, ttl=60, max_workflows=100, prefix=prefix) for _ in range(4)]
     try:
         winners = await asyncio.gather(*(r.claim("wf", f"vllm-{i}", None) for i, r in enumerate(replicas)))
         assert len(set(winners)) == 1
@@ -53,7 +53,7 @@ async def test_registry_first_writer_wins_and_moves_are_atomic(replicated: Stack
         assert len(set(moves)) == 1 and moves[0] != first  # exactly one move won; the others follow it
         assert await replicas[0].lookup("wf") == moves[0]
         # Cluster-wide max-workflows: the least recently used are evicted by the flush.
-        small = RedisRegistry(replicated.redis_url, ttl=60, max_workflows=3, prefix=prefix + "lru:")
+        small = RedisAssignments(replicated.redis_url, ttl=60, max_workflows=3, prefix=prefix + "lru:")
         for i in range(5):
             await small.claim(f"w{i}", "vllm-1", None)
             await asyncio.sleep(0.01)

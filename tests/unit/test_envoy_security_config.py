@@ -29,7 +29,7 @@ from extproc.envoy_config import (
     render,
 )
 from extproc.envoy_config import main as envoy_config_main
-from extproc.servicer import _destination
+from extproc.handlers.messages import destination
 
 BACKENDS = (("vllm-1", Endpoint("127.0.0.1", 8101)), ("vllm-2", Endpoint("127.0.0.1", 8102)))
 BASE = EnvoyOptions(backends=BACKENDS, a2a=(Endpoint("127.0.0.1", 8090),))
@@ -189,7 +189,7 @@ def test_a2a_tls_flags_and_environment() -> None:
 
 
 def test_picker_answer_shape() -> None:
-    option, metadata = _destination("10.0.0.7:8000")
+    option, metadata = destination("10.0.0.7:8000")
     assert (option.header.key, option.header.raw_value, option.header.value) == (
         DESTINATION_ENDPOINT_HEADER, b"10.0.0.7:8000", "")  # raw_value only: both set is an Envoy error
     inner = metadata.fields["envoy.lb"].struct_value.fields

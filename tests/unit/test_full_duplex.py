@@ -1,4 +1,4 @@
-"""Pure pieces of the FULL_DUPLEX_STREAMED path: the 413 error, the header and body helpers of the servicer, the
+"""Pure pieces of the FULL_DUPLEX_STREAMED path: the 413 error, the answer builders of the handler layer, the
 setting and the generator's processing mode (the stream itself is tested in tests/e2e/test_gie_full_duplex_e2e.py)."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from extproc.config import DEFAULT_MAX_REQUEST_BODY_BYTES, Settings, settings_from_args
 from extproc.envoy_config import ROUTER_FILTER, Endpoint, EnvoyOptions, render
 from extproc.errors import BadRequest, BodyTooLarge
-from extproc.servicer import _drop_header, _echo_response_body, _set
+from extproc.handlers.messages import apply_plan, echo_response_body
+from extproc.requestcontrol.types import RoutePlan
 
 
 def test_body_too_large_is_a_413_json_error_naming_the_limit() -> None:
@@ -23,20 +24,28 @@ def test_body_too_large_is_a_413_json_error_naming_the_limit() -> None:
     assert "12345 bytes" in body["message"]
 
 
-def test_drop_header_removes_only_that_key() -> None:
-    mutation = pb.HeaderMutation()
-    for key in ("x-upstream-cluster", "content-length", "x-workflow-id"):
-        _set(mutation, key, "v")
-    _drop_header(mutation, "content-length")
-    assert [o.header.key for o in mutation.set_headers] == ["x-upstream-cluster", "x-workflow-id"]
-    _drop_header(mutation, "absent")
-    assert len(mutation.set_headers) == 2
+@pytest.mark.parametrize("body_in_place", [True, False])
+def test_a_rewritten_body_sets_content_length_only_when_it_travels_in_place(body_in_place: bool) -> None:
+    # Full duplex: the body goes back in a streamed_response and Envoy sends it chunked, ignoring a
+    # content-length mutation, so none is set; buffered: the new length must match or Envoy fails the request.
+    plan = RoutePlan("vllm-1", (("x-upstream-cluster", "vllm-1"), ("x-workflow-id", "wf")), body=b'{"a": 1}')
+    common = pb.CommonResponse()
+    apply_plan(common, plan, body_in_place=body_in_place)
+    keys = [o.header.key for o in common.header_mutation.set_headers]
+    if body_in_place:
+        assert keys == ["x-upstream-cluster", "x-workflow-id", "content-length"]
+        assert common.header_mutation.set_headers[2].header.raw_value == b"8"
+        assert common.body_mutation.body == b'{"a": 1}'
+    else:
+        assert keys == ["x-upstream-cluster", "x-workflow-id"]
+        assert not common.HasField("body_mutation")
+    assert common.clear_route_cache
 
 
 @pytest.mark.parametrize("end_of_stream", [False, True])
 def test_response_chunk_is_echoed_as_a_streamed_response(end_of_stream: bool) -> None:
     chunk = pb.HttpBody(body=b'data: {"x": 1}\n\n', end_of_stream=end_of_stream)
-    answer = _echo_response_body(chunk)
+    answer = echo_response_body(chunk)
     assert answer.WhichOneof("response") == "response_body"
     streamed = answer.response_body.response.body_mutation.streamed_response
     assert (streamed.body, streamed.end_of_stream) == (chunk.body, end_of_stream)

@@ -1,7 +1,7 @@
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extproc.routing.prefix import BYTES_PER_ENTRY, DEFAULT_BLOCK_BYTES, PrefixIndex, block_hashes
+from extproc.datastore.prefix_index import BYTES_PER_ENTRY, DEFAULT_BLOCK_BYTES, PrefixIndex, block_hashes
 
 PROPERTY_SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Prompts over a tiny alphabet share long prefixes often; whole blocks of one letter make sharing likelier still.

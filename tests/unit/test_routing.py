@@ -1,14 +1,36 @@
-from collections import Counter
+"""The routing rules end to end through the director and the default scheduling profiles (no sockets):
+stickiness within the load bound, load-aware placement, failover, prefix-aware routing without metadata."""
 
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+from extproc.config import Backend, Settings
+from extproc.datastore.poller import BackendLoad, parse_vllm_metrics
+from extproc.datastore.endpoints import Endpoints
+from extproc.datastore.prefix_index import block_hashes
+from extproc.datastore.workflows import WorkflowTable
 from extproc.metadata import ContextSharing, WorkflowMetadata
-from extproc.routing.policy import Router, rendezvous_weight
-from extproc.routing.workflows import WorkflowTable
+from extproc.reporting import NullReporter
+from extproc.requestcontrol.types import Decision
+from extproc.scheduling.plugins.load_bound import imbalance_slack
+from extproc.scheduling.plugins.max_score import rendezvous_weight
+from extproc.server import Router, build_router
 
 INSTANCES = ("vllm-1", "vllm-2", "vllm-3")
 
 
-def router(ttl: float = 100.0, max_workflows: int = 1000) -> Router:
-    return Router(INSTANCES, WorkflowTable(ttl, max_workflows))
+def router(ttl: float = 100.0, max_workflows: int = 1000, preference: float = 0.8, prefix: bool = False,
+           instances: Sequence[str] = INSTANCES) -> Router:
+    settings = Settings(backends=tuple(Backend(i) for i in instances), workflow_ttl=ttl,
+                        max_workflows=max_workflows, batching_preference=preference, prefix_routing=prefix)
+    return build_router(settings, NullReporter())
+
+
+def route(r: Router, metadata: WorkflowMetadata | None, now: float, blocks: Sequence[int] = (),
+          cached: Mapping[str, float] | None = None) -> Decision:
+    return r.director.decide(metadata, now, blocks, cached)
 
 
 def wf(workflow_id: str, strategy: ContextSharing = ContextSharing.AUTO) -> WorkflowMetadata:
@@ -17,60 +39,60 @@ def wf(workflow_id: str, strategy: ContextSharing = ContextSharing.AUTO) -> Work
 
 def test_workflow_sticks_to_its_instance_even_under_load() -> None:
     r = router()
-    first = r.route(wf("a"), 0.0)
+    first = route(r, wf("a"), 0.0)
     assert first.new_workflow and not first.affinity_hit
-    r.acquire(first.instance)
-    r.acquire(first.instance)
+    r.endpoints.acquire(first.instance)
+    r.endpoints.acquire(first.instance)
     for t in range(1, 10):
-        d = r.route(wf("a"), float(t))
+        d = route(r, wf("a"), float(t))
         assert d.instance == first.instance and d.affinity_hit and not d.new_workflow
 
 
 def test_new_workflows_go_to_least_loaded() -> None:
     r = router()
-    r.acquire("vllm-1")
-    r.acquire("vllm-2")
-    assert r.route(wf("new"), 0.0).instance == "vllm-3"
+    r.endpoints.acquire("vllm-1")
+    r.endpoints.acquire("vllm-2")
+    assert route(r, wf("new"), 0.0).instance == "vllm-3"
 
 
 def test_ties_break_by_rendezvous_hash_and_spread() -> None:
     r = router()
-    picks = [r.route(wf(f"w{i}"), 0.0).instance for i in range(300)]
+    picks = [route(r, wf(f"w{i}"), 0.0).instance for i in range(300)]
     for i, pick in enumerate(picks):
         assert pick == max(INSTANCES, key=lambda inst, i=i: rendezvous_weight(f"w{i}", inst))
     counts = Counter(picks)
     assert set(counts) == set(INSTANCES)
     assert min(counts.values()) > 60  # roughly even: 100 expected each
     # Deterministic across routers (replicas, restarts).
-    assert [router().route(wf(f"w{i}"), 0.0).instance for i in range(300)] == picks
+    assert [route(router(), wf(f"w{i}"), 0.0).instance for i in range(300)] == picks
 
 
 def test_concurrent_new_workflows_spread_by_outstanding_load() -> None:
     r = router()
     chosen = []
     for i in range(6):
-        d = r.route(wf(f"w{i}"), 0.0)
-        r.acquire(d.instance)
+        d = route(r, wf(f"w{i}"), 0.0)
+        r.endpoints.acquire(d.instance)
         chosen.append(d.instance)
     assert Counter(chosen) == {"vllm-1": 2, "vllm-2": 2, "vllm-3": 2}
 
 
 def test_requests_without_metadata_rotate_when_idle_and_avoid_load() -> None:
     r = router()
-    assert {r.route(None, 0.0).instance for _ in range(3)} == set(INSTANCES)
-    r.acquire("vllm-1")
-    r.acquire("vllm-3")
-    assert all(r.route(None, 0.0).instance == "vllm-2" for _ in range(5))
-    none = r.route(wf("x", ContextSharing.NONE), 0.0)
-    assert none.workflow_id is None and "x" not in r.table
+    assert {route(r, None, 0.0).instance for _ in range(3)} == set(INSTANCES)
+    r.endpoints.acquire("vllm-1")
+    r.endpoints.acquire("vllm-3")
+    assert all(route(r, None, 0.0).instance == "vllm-2" for _ in range(5))
+    none = route(r, wf("x", ContextSharing.NONE), 0.0)
+    assert none.workflow_id is None and "x" not in r.workflows
 
 
 def test_ttl_expiry_forgets_workflows() -> None:
     r = router(ttl=10.0)
-    r.route(wf("a"), 0.0)
-    assert r.route(wf("a"), 9.0).affinity_hit
-    d = r.route(wf("a"), 19.5)  # 10.5 s after its last use
-    assert d.new_workflow and r.table.expired == 1
+    route(r, wf("a"), 0.0)
+    assert route(r, wf("a"), 9.0).affinity_hit
+    d = route(r, wf("a"), 19.5)  # 10.5 s after its last use
+    assert d.new_workflow and r.workflows.expired == 1
 
 
 def test_expiry_is_amortised_from_the_lru_front() -> None:
@@ -88,43 +110,37 @@ def test_expiry_is_amortised_from_the_lru_front() -> None:
 def test_lru_eviction_at_max_workflows() -> None:
     r = router(max_workflows=3)
     for name in ("a", "b", "c"):
-        r.route(wf(name), 0.0)
-    r.route(wf("a"), 1.0)  # a is now most recently used
-    r.route(wf("d"), 2.0)  # evicts b
-    assert "b" not in r.table and {"a", "c", "d"} <= {k for k in ("a", "b", "c", "d") if k in r.table}
-    assert r.table.evicted == 1 and len(r.table) == 3
+        route(r, wf(name), 0.0)
+    route(r, wf("a"), 1.0)  # a is now most recently used
+    route(r, wf("d"), 2.0)  # evicts b
+    assert "b" not in r.workflows and {"a", "c", "d"} <= {k for k in ("a", "b", "c", "d") if k in r.workflows}
+    assert r.workflows.evicted == 1 and len(r.workflows) == 3
 
 
 def test_unhealthy_instance_fails_over_and_counts() -> None:
     r = router()
-    first = r.route(wf("a"), 0.0)
-    r.set_healthy(first.instance, False)
-    moved = r.route(wf("a"), 1.0)
+    first = route(r, wf("a"), 0.0)
+    r.endpoints.set_healthy(first.instance, False)
+    moved = route(r, wf("a"), 1.0)
     assert moved.failover and moved.instance != first.instance
-    assert r.table.peek("a") is not None and r.table.peek("a").failovers == 1  # type: ignore[union-attr]
-    r.set_healthy(first.instance, True)
-    assert r.route(wf("a"), 2.0).instance == moved.instance  # stays where it moved
+    assert r.workflows.peek("a") is not None and r.workflows.peek("a").failovers == 1  # type: ignore[union-attr]
+    r.endpoints.set_healthy(first.instance, True)
+    assert route(r, wf("a"), 2.0).instance == moved.instance  # stays where it moved
 
 
 def test_release_never_goes_negative() -> None:
     r = router()
-    r.release("vllm-1")
-    assert r.outstanding["vllm-1"] == 0
+    r.endpoints.release("vllm-1")
+    assert r.endpoints.outstanding["vllm-1"] == 0
 
 
 # --- load-aware rule (issue: smart placement) ---------------------------------------------------------------
-import pytest  # noqa: E402
-
-from extproc.backends import BackendLoad, parse_vllm_metrics  # noqa: E402
-from extproc.routing.prefix import PrefixIndex, block_hashes  # noqa: E402
-
-
-def loaded_router(preference: float, **kw: object) -> Router:
-    return Router(INSTANCES, WorkflowTable(100.0, 1000), batching_preference=preference, **kw)  # type: ignore[arg-type]
+def loaded_router(preference: float, prefix: bool = False) -> Router:
+    return router(preference=preference, prefix=prefix)
 
 
 def home_of(r: Router, workflow: str) -> str:
-    return r.route(wf(workflow), 0.0).instance
+    return route(r, wf(workflow), 0.0).instance
 
 
 @pytest.mark.parametrize(
@@ -143,78 +159,80 @@ def test_batching_preference_sets_how_much_imbalance_affinity_tolerates(
 ) -> None:
     r = loaded_router(preference)
     home = home_of(r, "w")
-    r.publish({home: BackendLoad(running=home_load)})
-    decision = r.route(wf("w"), 1.0)
+    r.endpoints.publish({home: BackendLoad(running=home_load)})
+    decision = route(r, wf("w"), 1.0)
     assert (decision.instance == home) is stays
     assert decision.affinity_hit is stays
     if not stays and preference > 0:
-        assert decision.rebalanced and r.table.peek("w").instance == decision.instance  # type: ignore[union-attr]
+        assert decision.rebalanced and r.workflows.peek("w").instance == decision.instance  # type: ignore[union-attr]
 
 
 def test_pure_least_load_prefers_the_workflows_instance_on_ties() -> None:
     r = loaded_router(0.0)
     home = home_of(r, "w")
-    assert all(r.route(wf("w"), float(t)).instance == home for t in range(5))
+    assert all(route(r, wf("w"), float(t)).instance == home for t in range(5))
 
 
 def test_priority_widens_the_bound() -> None:
     r = loaded_router(0.5)
     home = home_of(r, "w")
-    r.publish({home: BackendLoad(running=7)})  # over the slack for priority 1 (4), within it for priority 2 (8)
-    assert r.route(WorkflowMetadata("w", workflow_priority=2.0), 1.0).instance == home
-    assert r.route(WorkflowMetadata("w", workflow_priority=1.0), 2.0).instance != home
+    r.endpoints.publish({home: BackendLoad(running=7)})  # over the slack for priority 1 (4), within it for priority 2 (8)
+    assert route(r, WorkflowMetadata("w", workflow_priority=2.0), 1.0).instance == home
+    assert route(r, WorkflowMetadata("w", workflow_priority=1.0), 2.0).instance != home
 
 
 def test_parallel_agents_do_not_move_a_workflow_at_the_default_preference() -> None:
     r = loaded_router(0.8)
     home = home_of(r, "w")
-    r.publish({home: BackendLoad(running=6)})
-    assert r.route(wf("w"), 1.0).instance == home
-    assert r.slack() == pytest.approx(16.0)
+    r.endpoints.publish({home: BackendLoad(running=6)})
+    assert route(r, wf("w"), 1.0).instance == home
+    assert imbalance_slack(0.8) == pytest.approx(16.0)
 
 
 def test_overloaded_or_full_instances_get_no_new_workflows() -> None:
     r = loaded_router(0.8)
-    r.publish({"vllm-1": BackendLoad(running=30, waiting=10), "vllm-2": BackendLoad(kv_usage=0.99, waiting=1)})
-    assert {r.route(wf(f"n{i}"), 0.0).instance for i in range(20)} == {"vllm-3"}
+    r.endpoints.publish({"vllm-1": BackendLoad(running=30, waiting=10), "vllm-2": BackendLoad(kv_usage=0.99, waiting=1)})
+    assert {route(r, wf(f"n{i}"), 0.0).instance for i in range(20)} == {"vllm-3"}
 
 
 def test_waiting_requests_weigh_double_and_local_count_reacts_before_the_scrape() -> None:
     r = loaded_router(0.8)
-    r.publish({"vllm-1": BackendLoad(running=2, waiting=2)})
-    assert r.load("vllm-1") == 6
-    r.acquire("vllm-2")
-    r.acquire("vllm-2")
-    assert r.load("vllm-2") == 2  # not yet in any scrape
+    r.endpoints.publish({"vllm-1": BackendLoad(running=2, waiting=2)})
+    assert r.endpoints.load("vllm-1") == 6
+    r.endpoints.acquire("vllm-2")
+    r.endpoints.acquire("vllm-2")
+    assert r.endpoints.load("vllm-2") == 2  # not yet in any scrape
 
 
 def test_failover_state_machine() -> None:
-    index = PrefixIndex(INSTANCES)
-    r = loaded_router(0.8, prefix_index=index)
+    r = loaded_router(0.8, prefix=True)
+    index = r.prefix_index
+    assert index is not None
     home = home_of(r, "w")
     blocks = block_hashes("shared prefix " * 50)
     index.learn(home, blocks)
-    r.set_healthy(home, False)  # poll failed or 3 failed responses
-    assert home not in r.healthy and index.size(home) == 0  # its cache is gone
-    moved = r.route(wf("w"), 1.0)
+    r.endpoints.set_healthy(home, False)  # poll failed or 3 failed responses
+    assert home not in r.endpoints.healthy and index.size(home) == 0  # its cache is gone
+    moved = route(r, wf("w"), 1.0)
     assert moved.failover and moved.instance != home
-    assert all(r.route(wf(f"new{i}"), 1.0).instance != home for i in range(10))
-    r.set_healthy(home, True)  # healthy poll: rejoins, receives new workflows again
-    assert home in {r.route(wf(f"later{i}"), 2.0).instance for i in range(30)}
-    assert r.route(wf("w"), 3.0).instance == moved.instance  # moved workflows stay where they are warm
+    assert all(route(r, wf(f"new{i}"), 1.0).instance != home for i in range(10))
+    r.endpoints.set_healthy(home, True)  # healthy poll: rejoins, receives new workflows again
+    assert home in {route(r, wf(f"later{i}"), 2.0).instance for i in range(30)}
+    assert route(r, wf("w"), 3.0).instance == moved.instance  # moved workflows stay where they are warm
 
 
 def test_prefix_scorer_follows_the_prompt_and_yields_to_load() -> None:
-    index = PrefixIndex(INSTANCES)
-    r = loaded_router(0.8, prefix_index=index)
+    r = loaded_router(0.8, prefix=True)
+    index = r.prefix_index
+    assert index is not None
     blocks = block_hashes("You are an expert analyst. " * 40)
-    first = r.route(None, 0.0, blocks)
+    first = route(r, None, 0.0, blocks)
     assert first.prefix_blocks == 0
-    again = [r.route(None, 0.0, blocks) for _ in range(5)]
+    again = [route(r, None, 0.0, blocks) for _ in range(5)]
     assert {d.instance for d in again} == {first.instance}
     assert all(d.prefix_blocks == len(blocks) for d in again)
-    r.publish({first.instance: BackendLoad(running=50, waiting=20)})  # swamped: load beats the prefix
-    assert r.route(None, 1.0, blocks).instance != first.instance
+    r.endpoints.publish({first.instance: BackendLoad(running=50, waiting=20)})  # swamped: load beats the prefix
+    assert route(r, None, 1.0, blocks).instance != first.instance
 
 
 def test_parse_vllm_metrics() -> None:
@@ -233,25 +251,26 @@ vllm:num_requests_waiting{model_name="m"} not-a-number
 
 
 def test_external_kv_index_fraction_replaces_the_local_prefix_score() -> None:
-    index = PrefixIndex(INSTANCES)
-    r = loaded_router(0.8, prefix_index=index)
+    r = loaded_router(0.8, prefix=True)
+    index = r.prefix_index
+    assert index is not None
     blocks = block_hashes("local history " * 40)
     index.learn("vllm-1", blocks)  # the local index believes vllm-1 ...
-    decision = r.route(None, 0.0, blocks, {"vllm-3": 0.9, "vllm-1": 0.1})  # ... LMCache knows better
+    decision = route(r, None, 0.0, blocks, {"vllm-3": 0.9, "vllm-1": 0.1})  # ... LMCache knows better
     assert decision.instance == "vllm-3" and decision.prefix_blocks > 0
-    assert r.route(None, 0.0, blocks, None).instance in INSTANCES  # no answer: local index and load decide
+    assert route(r, None, 0.0, blocks, None).instance in INSTANCES  # no answer: local index and load decide
 
 
 def test_held_down_instance_ignores_healthy_polls_until_its_time() -> None:
-    router = Router(["a", "b"], WorkflowTable(60.0, 10))
-    router.hold_down("a", until=100.0)
-    assert "a" not in router.healthy
-    router.set_healthy("a", True, now=99.0)  # a hung engine's /health may still answer
-    assert "a" not in router.healthy
-    router.set_healthy("a", True, now=100.0)
-    assert "a" in router.healthy and "a" not in router.held_down
-    router.set_healthy("a", False, now=101.0)  # plain poll failures are not held
-    router.set_healthy("a", True, now=101.5)
-    assert "a" in router.healthy
-    router.hold_down("unknown", until=100.0)  # not an instance: ignored
-    assert "unknown" not in router.held_down
+    endpoints = Endpoints(["a", "b"])
+    endpoints.hold_down("a", until=100.0)
+    assert "a" not in endpoints.healthy
+    endpoints.set_healthy("a", True, now=99.0)  # a hung engine's /health may still answer
+    assert "a" not in endpoints.healthy
+    endpoints.set_healthy("a", True, now=100.0)
+    assert "a" in endpoints.healthy and "a" not in endpoints.held_down
+    endpoints.set_healthy("a", False, now=101.0)  # plain poll failures are not held
+    endpoints.set_healthy("a", True, now=101.5)
+    assert "a" in endpoints.healthy
+    endpoints.hold_down("unknown", until=100.0)  # not an instance: ignored
+    assert "unknown" not in endpoints.held_down

@@ -1,8 +1,7 @@
 import orjson
 
-from extproc.routing.inflight import InFlight
-from extproc.routing.policy import Router
-from extproc.routing.workflows import WorkflowTable
+from extproc.datastore.endpoints import Endpoints
+from extproc.datastore.inflight import InFlight
 from extproc.usage import TailBuffer, Usage, extract_usage
 
 
@@ -36,15 +35,15 @@ def test_missing_details_means_zero_cached() -> None:
 
 
 def test_inflight_counts_observed_requests_until_they_finish() -> None:
-    router = Router(["a", "b"], WorkflowTable(100, 100))
-    inflight = InFlight(router, observe_within=0.1)
+    endpoints = Endpoints(["a", "b"])
+    inflight = InFlight(endpoints, observe_within=0.1)
     first = inflight.start("a", 0.0)
     second = inflight.start("a", 0.0)
-    assert router.outstanding == {"a": 2, "b": 0}
+    assert endpoints.outstanding == {"a": 2, "b": 0}
     assert inflight.observe(first) == "a"
     inflight.start("b", 20.0)  # sweeps the never-observed second request (its observer went elsewhere)...
-    assert inflight.abandoned == 1 and router.outstanding == {"a": 1, "b": 1}
+    assert inflight.abandoned == 1 and endpoints.outstanding == {"a": 1, "b": 1}
     assert inflight.finish(second) is None
     assert inflight.finish(first) == "a"  # ...but an observed one counts until its response ends
     assert inflight.finish(first) is None  # idempotent
-    assert router.outstanding == {"a": 0, "b": 1}
+    assert endpoints.outstanding == {"a": 0, "b": 1}

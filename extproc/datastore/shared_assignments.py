@@ -1,4 +1,6 @@
-"""Workflow → instance assignments shared by several ext_proc replicas through Redis.
+"""Workflow → instance assignments shared by several ext_proc replicas through Redis (the shared assignment store).
+
+Its metrics keep their historical ``extproc_registry_*`` names (dashboards and alerts use them).
 
 The local ``WorkflowTable`` stays the hot-path cache: an affinity hit costs no Redis round trip. Redis is
 asked only when the assignment is created or moved (new workflow, failover, rebalance), with one atomic
@@ -22,11 +24,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from typing import cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-log = logging.getLogger("extproc.registry")
+log = logging.getLogger("extproc.assignments")
 
 # KEYS[1] = workflow key, KEYS[2] = lru zset; ARGV = proposal, expected current ('' = must be absent), ttl,
 # now, workflow id. Returns the instance the workflow is assigned to after the call.
@@ -50,7 +53,7 @@ DEFAULT_FLUSH_INTERVAL_S = 1.0
 DEFAULT_REVALIDATE_AFTER_S = 2.0
 
 
-class RedisRegistry:
+class RedisAssignments:
     def __init__(
         self,
         url: str,
@@ -172,21 +175,22 @@ class RedisRegistry:
             results = await pipe.execute()
         excess = int(results[-1]) - self.max_workflows
         if excess > 0:
-            oldest = await self._redis.zpopmin(lru, excess)
+            # decode_responses=True: members come back as str; redis-py's annotation covers every client mode.
+            oldest = cast(list[tuple[str, float]], await self._redis.zpopmin(lru, excess))
             if oldest:
-                await self._redis.delete(*(self._key(w) for w, _ in oldest))
+                await self._redis.delete(*(self._key(workflow_id) for workflow_id, _score in oldest))
                 self.evicted += len(oldest)
 
     def collector(self) -> Collector:
-        return _RegistryCollector(self)
+        return _AssignmentsCollector(self)
 
 
-class _RegistryCollector(Collector):
-    def __init__(self, registry: RedisRegistry) -> None:
-        self.registry = registry
+class _AssignmentsCollector(Collector):
+    def __init__(self, store: RedisAssignments) -> None:
+        self.store = store
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        r = self.registry
+        r = self.store
         yield CounterMetricFamily("extproc_registry_claims", "Assignments agreed through Redis", value=r.claims)
         yield CounterMetricFamily("extproc_registry_conflicts", "Claims another replica had already won",
                                   value=r.conflicts)

@@ -16,14 +16,14 @@ import os
 from collections import OrderedDict
 
 from extproc.config import EXPIRY_POPS_PER_REQUEST
-from extproc.routing.policy import Router
+from extproc.datastore.endpoints import Endpoints
 
 DEFAULT_OBSERVE_WITHIN_S = 0.1
 
 
 class InFlight:
-    def __init__(self, router: Router, observe_within: float = DEFAULT_OBSERVE_WITHIN_S) -> None:
-        self.router = router
+    def __init__(self, endpoints: Endpoints, observe_within: float = DEFAULT_OBSERVE_WITHIN_S) -> None:
+        self.endpoints = endpoints
         self.observe_within = observe_within
         self._prefix = os.urandom(4).hex()  # distinguishes this replica's route ids from others'
         self._seq = itertools.count(1)
@@ -38,7 +38,7 @@ class InFlight:
         self._sweep(now)
         route_id = f"{self._prefix}-{next(self._seq)}"
         self._unobserved[route_id] = (instance, now)
-        self.router.acquire(instance)
+        self.endpoints.acquire(instance)
         return route_id
 
     def observe(self, route_id: str) -> str | None:
@@ -56,7 +56,7 @@ class InFlight:
             if entry is None:
                 return None
             instance = entry[0]
-        self.router.release(instance)
+        self.endpoints.release(instance)
         return instance
 
     def _sweep(self, now: float) -> None:
@@ -68,5 +68,5 @@ class InFlight:
             if now - started <= self.observe_within:
                 return
             del entries[route_id]
-            self.router.release(instance)
+            self.endpoints.release(instance)
             self.abandoned += 1

@@ -84,7 +84,3 @@ class WorkflowTable:
             dropped += 1
         self.expired += dropped
         return dropped
-
-    def count_on(self, instance: str) -> int:
-        """Workflows assigned to an instance. O(workflows): for status pages and tests, never the hot path."""
-        return sum(1 for e in self._entries.values() if e.instance == instance)

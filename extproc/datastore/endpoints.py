@@ -1,0 +1,92 @@
+"""The endpoints datastore: what the router knows about each instance, read by the scheduling plugins.
+
+Health (from the poller, or held down by passive health checking), outstanding requests (routed by this server
+and not seen finishing), and the poller's latest immutable load snapshot. Pure and synchronous: the shells
+(poller, observer stream) feed it; plugins only read it.
+
+**Load** of an instance = max(requests this server routed there and has not seen finish, running + waiting
+requests the instance last reported) + its waiting requests again (a queue means the instance is saturated,
+so it weighs double). The local count reacts within microseconds; the scraped figures see other replicas'
+traffic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from extproc.datastore.poller import BackendLoad
+
+# An instance whose KV cache is this full while requests wait there gets no new work while others have room.
+KV_FULL = 0.95
+_IDLE = BackendLoad()
+
+
+class Endpoints:
+    def __init__(self, instances: Sequence[str]) -> None:
+        if not instances:
+            raise ValueError("at least one instance is required")
+        self.instances: tuple[str, ...] = tuple(instances)
+        self.outstanding: dict[str, int] = dict.fromkeys(self.instances, 0)
+        self.healthy: set[str] = set(self.instances)
+        # instance -> monotonic time before which a healthy poll does not bring it back (passive health)
+        self.held_down: dict[str, float] = {}
+        self.snapshot: Mapping[str, BackendLoad] = {}
+        # Called with an instance that went down (its cache is gone: prefix indexes forget it).
+        self.on_down: list[Callable[[str], None]] = []
+
+    def __contains__(self, instance: object) -> bool:
+        return instance in self.outstanding
+
+    # --- fed by the shells ---------------------------------------------------------------------------------
+    def acquire(self, instance: str) -> None:
+        self.outstanding[instance] += 1
+
+    def release(self, instance: str) -> None:
+        if self.outstanding[instance] > 0:
+            self.outstanding[instance] -= 1
+
+    def set_healthy(self, instance: str, healthy: bool, now: float | None = None) -> None:
+        """Health from the poller. A held-down instance stays down until its time (``now``: monotonic seconds,
+        read from the clock when not given)."""
+        if instance not in self.outstanding:
+            return
+        if healthy:
+            until = self.held_down.get(instance)
+            if until is not None:
+                if (time.monotonic() if now is None else now) < until:
+                    return
+                del self.held_down[instance]
+            self.healthy.add(instance)
+        elif instance in self.healthy:
+            self.healthy.discard(instance)
+            for forget in self.on_down:
+                forget(instance)
+
+    def hold_down(self, instance: str, until: float) -> None:
+        """Mark down from observed failures; successful polls are ignored until ``until`` (monotonic)."""
+        if instance in self.outstanding:
+            self.held_down[instance] = until
+            self.set_healthy(instance, False)
+
+    def publish(self, snapshot: Mapping[str, BackendLoad]) -> None:
+        """Swap in the poller's latest immutable snapshot (one reference assignment)."""
+        self.snapshot = snapshot
+
+    # --- read by plugins -----------------------------------------------------------------------------------
+    def live(self, instance: str) -> BackendLoad:
+        return self.snapshot.get(instance, _IDLE)
+
+    def load(self, instance: str) -> float:
+        live = self.snapshot.get(instance, _IDLE)
+        return max(float(self.outstanding[instance]), live.running + live.waiting) + live.waiting
+
+    def full(self, instance: str) -> bool:
+        live = self.snapshot.get(instance, _IDLE)
+        return live.kv_usage >= KV_FULL and live.waiting > 0
+
+    def candidates(self) -> list[str]:
+        """The healthy instances; with every instance marked down, all of them (Envoy's own health checks get
+        the last word)."""
+        healthy = self.healthy
+        return [i for i in self.instances if i in healthy] or list(self.instances)

@@ -1,0 +1,218 @@
+"""The director: the steps of one request, on plain data.
+
+Router stream: ``start`` (headers → a :class:`Request`, or a ``BadRequest``) → ``route`` (body → parse once →
+prefix blocks / external KV lookup → workflow table → scheduler → cross-replica consensus → in-flight count →
+:class:`RoutePlan`) → accounting (metrics, A2A report, debug log). Observer stream: ``observed`` (the route id
+read back) → ``completed`` (in-flight count, passive health, usage metrics, A2A report).
+
+Workflow affinity is state here (the workflow table: which instance a workflow has) and rules in the scheduler
+(the ``workflow-affinity`` filter and scorer decide whether the workflow stays there).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from a2a_service.tracecontext import parse_traceparent
+from extproc.config import (
+    AGENT_ID_HEADER,
+    LLM_PATHS,
+    ROUTE_ID_HEADER,
+    TRACEPARENT_HEADER,
+    WORKFLOW_ID_HEADER,
+    Settings,
+    destination_endpoints,
+)
+from extproc.datastore.endpoints import Endpoints
+from extproc.datastore.inflight import InFlight
+from extproc.datastore.prefix_index import block_hashes
+from extproc.datastore.shared_assignments import RedisAssignments
+from extproc.datastore.workflows import WorkflowTable
+from extproc.errors import BadRequest
+from extproc.metadata import RoutingInput, WorkflowMetadata, metadata_from_headers, parse_llm_body
+from extproc.metrics import Metrics
+from extproc.reporting import Reporter
+from extproc.requestcontrol.consensus import Consensus
+from extproc.requestcontrol.passive_health import PassiveHealth
+from extproc.requestcontrol.types import Decision, Request, Response, RoutePlan
+from extproc.scheduling.framework import Scheduler, SchedulingRequest
+from extproc.usage import extract_usage
+
+log = logging.getLogger("extproc")
+
+
+class KVIndex(Protocol):
+    async def cached_fractions(self, prompt_text: str, messages: list[Any] | None) -> dict[str, float] | None:
+        """Per instance, the share of the prompt it holds (None: no answer; the router's own index decides)."""
+        ...
+
+
+def trace_fields(traceparent: str | None) -> dict[str, str]:
+    trace = parse_traceparent(traceparent) if traceparent is not None else None
+    return trace.log_fields() if trace is not None else {}
+
+
+class Director:
+    def __init__(
+        self,
+        settings: Settings,
+        endpoints: Endpoints,
+        workflows: WorkflowTable,
+        scheduler: Scheduler,
+        inflight: InFlight,
+        metrics: Metrics,
+        reporter: Reporter,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        assignments: RedisAssignments | None = None,
+        kv_index: KVIndex | None = None,
+    ) -> None:
+        self.endpoints = endpoints
+        self.workflows = workflows
+        self.scheduler = scheduler
+        self.inflight = inflight
+        self.metrics = metrics
+        self.reporter = reporter
+        self.clock = clock
+        self.kv_index = kv_index
+        self.consensus = Consensus(assignments, workflows, endpoints) if assignments is not None else None
+        self.passive_health = PassiveHealth(endpoints)
+        self.strip_metadata = not settings.keep_workflow_metadata
+        self.cluster_header = settings.cluster_header
+        self.prefix_routing = settings.prefix_routing
+        self.destinations: dict[str, str] | None = (
+            destination_endpoints(settings.backends) if settings.destination_mode == "endpoint" else None)
+        # Header names each stream reads (the handler extracts only these).
+        self.router_headers = frozenset({":path", WORKFLOW_ID_HEADER, AGENT_ID_HEADER, "x-request-id",
+                                         TRACEPARENT_HEADER})
+        self.observer_headers = frozenset({ROUTE_ID_HEADER, settings.cluster_header, WORKFLOW_ID_HEADER,
+                                           AGENT_ID_HEADER, "x-request-id"})
+
+    # --- router stream -------------------------------------------------------------------------------------
+    def start(self, headers: Mapping[str, str]) -> Request:
+        """The request as its headers describe it; raises ``BadRequest`` for invalid workflow headers."""
+        request = Request(
+            path=headers.get(":path", "").partition("?")[0],
+            request_id=headers.get("x-request-id", ""),
+            traceparent=headers.get(TRACEPARENT_HEADER),  # never invented here (docs/troubleshooting.md)
+            header_metadata=None,
+        )
+        try:
+            request.header_metadata = metadata_from_headers(headers.get(WORKFLOW_ID_HEADER),
+                                                            headers.get(AGENT_ID_HEADER))
+        except BadRequest as error:
+            self.refused(request, error)
+            raise
+        return request
+
+    def parse(self, request: Request, body: bytes | None) -> RoutingInput:
+        """The routing facts of the body (parsed once); raises ``BadRequest`` naming the offending field."""
+        if body is None or request.path not in LLM_PATHS:
+            return RoutingInput(request.header_metadata)
+        try:
+            return parse_llm_body(body, request.header_metadata, strip_metadata=self.strip_metadata)
+        except BadRequest as error:
+            self.refused(request, error)
+            raise
+
+    async def route(self, request: Request, routing: RoutingInput, started: float) -> RoutePlan:
+        """Choose the instance. Suspends only for an external KV lookup or to agree on a new or moved workflow
+        with the other replicas."""
+        metadata = routing.metadata
+        now = self.clock()
+        prompt = routing.prompt_text
+        blocks = block_hashes(prompt) if self.prefix_routing and prompt else ()
+        cached = (await self.kv_index.cached_fractions(prompt, routing.messages)
+                  if self.kv_index is not None and prompt else None)
+        decision = self.decide(metadata, now, blocks, cached)
+        if self.consensus is not None and decision.workflow_id is not None:
+            decision = await self.consensus.agree(decision, now)
+        instance = decision.instance
+        request.instance = instance
+        route_id = request.route_id = self.inflight.start(instance, now)
+        headers = [(self.cluster_header, instance), (ROUTE_ID_HEADER, route_id)]
+        if decision.workflow_id is not None and metadata is not None:
+            # The observer stream (and the backend's logs) learn the workflow from these headers.
+            headers.append((WORKFLOW_ID_HEADER, decision.workflow_id))
+            if metadata.agent_id is not None:
+                headers.append((AGENT_ID_HEADER, metadata.agent_id))
+        destination = self.destinations[instance] if self.destinations is not None else None
+        plan = RoutePlan(instance, tuple(headers), routing.rewritten_body, destination)
+        self._account(decision, metadata, request, time.perf_counter() - started)
+        return plan
+
+    def decide(self, metadata: WorkflowMetadata | None, now: float, blocks: Any = (),
+               cached_fraction: Mapping[str, float] | None = None) -> Decision:
+        """Pick the instance with the scheduler and keep the workflow table in step (pure, synchronous)."""
+        workflows = self.workflows
+        if metadata is None or not metadata.wants_affinity:
+            workflows.expire(now)
+            result = self.scheduler.schedule(SchedulingRequest(prompt_blocks=blocks, cached_fraction=cached_fraction))
+            fraction = result.scores.get("prefix", 0.0)
+            matched = round(fraction * len(blocks)) if blocks else int(fraction > 0)
+            return Decision(result.instance, None, False, False, False, prefix_blocks=matched)
+        workflow_id = metadata.workflow_id
+        entry = workflows.get(workflow_id, now)
+        home = entry.instance if entry is not None and entry.instance in self.endpoints.healthy else None
+        instance = self.scheduler.schedule(
+            SchedulingRequest(workflow_id, home, metadata.workflow_priority)).instance
+        if entry is not None and home is not None:
+            if instance == home:
+                entry.requests += 1
+                return Decision(home, workflow_id, True, False, False)
+            workflows.assign(workflow_id, instance, now).requests += 1
+            return Decision(instance, workflow_id, False, False, False, rebalanced=True, previous=home)
+        previous = entry.instance if entry is not None else None
+        workflows.assign(workflow_id, instance, now).requests += 1
+        return Decision(instance, workflow_id, False, previous is None, previous is not None, previous=previous)
+
+    def refused(self, request: Request, error: BadRequest) -> None:
+        """A bad request is answered with its 4xx by the handler; nothing reaches a backend."""
+        self.metrics.bad_request(error.code)
+        log.info("bad request", extra={"status": error.status, "code": error.code, "param": error.param,
+                                       "path": request.path, "request_id": request.request_id,
+                                       **trace_fields(request.traceparent)})
+
+    def _account(self, decision: Decision, metadata: WorkflowMetadata | None, request: Request,
+                 elapsed: float) -> None:
+        metrics = self.metrics
+        metrics.routing_latency.observe(elapsed)
+        if decision.workflow_id is not None:
+            metrics.total_requests.inc()
+            self.reporter.routed(request.request_id, decision, metadata, elapsed)
+        reason = decision.reason
+        metrics.decisions[decision.instance, reason].inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("routed", extra={"instance": decision.instance, "reason": reason,
+                                       "workflow_id": decision.workflow_id, "path": request.path,
+                                       "routing_us": round(elapsed * 1e6, 1), **trace_fields(request.traceparent)})
+
+    # --- observer stream -----------------------------------------------------------------------------------
+    def observed(self, headers: Mapping[str, str]) -> Response:
+        """The observer stream of a routed request began (its request headers carry what the router set)."""
+        route_id = headers.get(ROUTE_ID_HEADER)
+        if route_id is not None:
+            self.inflight.observe(route_id)
+        return Response(route_id, headers.get(self.cluster_header) or "", headers.get(WORKFLOW_ID_HEADER),
+                        headers.get(AGENT_ID_HEADER), headers.get("x-request-id", ""))
+
+    def completed(self, response: Response, body_tail: bytes) -> None:
+        """The response ended (or the stream was cut): release, check health, count usage, report."""
+        if response.route_id is not None:
+            self.inflight.finish(response.route_id)
+        usage = extract_usage(body_tail) if response.status == 200 else None
+        instance = response.instance
+        served = response.served_by
+        # In endpoint-picker mode x-served-by is an ip:port, not a cluster name: no retry signal there.
+        retried_away = served is not None and served != instance and self.destinations is None
+        if instance in self.endpoints:
+            self.passive_health.record(instance, response.status, retried_away)
+        if usage is not None:
+            self.metrics.usage(served if served is not None and retried_away and served in self.endpoints
+                               else instance, usage)
+        if response.workflow_id is not None:
+            self.reporter.completed(response.request_id, response.workflow_id, response.agent_id, instance, usage,
+                                    response.status)

@@ -1,0 +1,65 @@
+"""Plain data the handler and the director exchange, and the decision the reporter records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from extproc.metadata import WorkflowMetadata
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    instance: str
+    workflow_id: str | None
+    affinity_hit: bool  # the request went to the instance its workflow already had
+    new_workflow: bool
+    failover: bool  # the workflow's instance was down and it moved
+    rebalanced: bool = False  # the workflow's instance was over the load bound and it moved
+    prefix_blocks: int = 0  # no-metadata requests: leading blocks the chosen instance was sent before
+    previous: str | None = None  # failover/rebalance: the instance the workflow moved away from
+
+    @property
+    def reason(self) -> str:
+        """The label of ``extproc_routing_decisions_total``."""
+        if self.workflow_id is None:
+            return "prefix" if self.prefix_blocks else "no_metadata"
+        if self.affinity_hit:
+            return "affinity"
+        if self.failover:
+            return "failover"
+        return "rebalance" if self.rebalanced else "new_workflow"
+
+
+@dataclass(slots=True)
+class Request:
+    """One request on the router stream, from its headers to its route."""
+
+    path: str
+    request_id: str
+    traceparent: str | None  # the client's, parsed only when a log line needs its ids
+    header_metadata: WorkflowMetadata | None
+    instance: str | None = None
+    route_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """Where the request goes and what changes on its way (the handler turns it into an ext_proc answer)."""
+
+    instance: str
+    headers: tuple[tuple[str, str], ...]  # request headers to set (the cluster header first)
+    body: bytes | None = None  # the body to forward instead (workflow_metadata stripped); None = unchanged
+    destination: str | None = None  # endpoint-picker mode: the instance's ip:port
+
+
+@dataclass(slots=True)
+class Response:
+    """What the observer stream saw of one request's response."""
+
+    route_id: str | None
+    instance: str
+    workflow_id: str | None
+    agent_id: str | None
+    request_id: str
+    status: int = 0
+    served_by: str | None = None  # the cluster whose host answered (differs after a retry elsewhere)

@@ -1,0 +1,190 @@
+"""Scheduling profiles: which plugins run, in which order, with which weights — from a config file and flags.
+
+A config (YAML or JSON; ``--scheduling-config``) has the shape::
+
+    plugins:                      # optional: named plugins with parameters; a name used below without an
+      - name: sticky              # entry here is a plugin type with default parameters
+        type: workflow-affinity
+        parameters: {batching_preference: 0.9}
+    profiles:
+      workflow:   {filters: [sticky, kv-room, least-load], scorers: [{plugin: sticky, weight: 1}], picker: max-score}
+      prefix:     {filters: [load-bound], scorers: [{plugin: prefix, weight: 3}, ...], picker: max-score}
+      least-load: {filters: [kv-room, least-load], picker: max-score}
+
+Every profile named in :data:`PROFILE_NAMES` must be present; the handler picks ``workflow`` for requests with
+workflow affinity, ``prefix`` for the others when there is prefix information (the router's index or an external
+KV index), else ``least-load``. A plugin name used in several places is one instance (one prefix index, one
+rotation). ``--scorer-weights prefix=3,queue=2`` overrides weights in every profile that uses those scorers.
+:data:`DEFAULT_CONFIG` reproduces the router's documented rules.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extproc.datastore.endpoints import Endpoints
+from extproc.scheduling.framework import (
+    Filter,
+    Picker,
+    PostPick,
+    Profile,
+    Scheduler,
+    SchedulingRequest,
+    Scorer,
+    WeightedScorer,
+)
+from extproc.scheduling.registry import PluginContext, create
+
+PROFILE_NAMES = ("workflow", "prefix", "least-load")
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "plugins": [],
+    "profiles": {
+        "workflow": {
+            "filters": ["workflow-affinity", "kv-room", "least-load"],
+            "scorers": [{"plugin": "workflow-affinity", "weight": 1.0}],
+            "picker": "max-score",
+        },
+        "prefix": {
+            "filters": ["load-bound"],
+            "scorers": [{"plugin": "prefix", "weight": 3.0}, {"plugin": "queue", "weight": 2.0},
+                        {"plugin": "kv-headroom", "weight": 2.0}],
+            "picker": "max-score",
+        },
+        "least-load": {"filters": ["kv-room", "least-load"], "scorers": [], "picker": "max-score"},
+    },
+}
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a scheduling config file (YAML, of which JSON is a subset); ValueError naming the problem."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"--scheduling-config {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--scheduling-config {path}: expected a mapping with 'profiles'")
+    return data
+
+
+def parse_weights(spec: str) -> dict[str, float]:
+    """``name=weight,...`` (``--scorer-weights``)."""
+    weights: dict[str, float] = {}
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not sep or not name.strip() or not weight >= 0.0:
+            raise ValueError(f"--scorer-weights: expected name=weight with weight >= 0, got {item!r}")
+        weights[name.strip()] = weight
+    return weights
+
+
+def default_handler(request: SchedulingRequest) -> str:
+    if request.workflow_id is not None:
+        return "workflow"
+    if request.cached_fraction or request.prompt_blocks:
+        return "prefix"
+    return "least-load"
+
+
+def _expect(value: object, kind: type, where: str) -> Any:
+    if not isinstance(value, kind):
+        raise ValueError(f"scheduling config: {where} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+class _Plugins:
+    """Instantiates each named plugin once."""
+
+    def __init__(self, declared: list[Any], context: PluginContext) -> None:
+        self.context = context
+        self.specs: dict[str, tuple[str, Mapping[str, Any]]] = {}
+        for index, entry in enumerate(declared):
+            where = f"plugins[{index}]"
+            _expect(entry, dict, where)
+            kind = _expect(entry.get("type"), str, f"{where}.type")
+            name = _expect(entry.get("name", kind), str, f"{where}.name")
+            parameters = _expect(entry.get("parameters", {}), dict, f"{where}.parameters")
+            self.specs[name] = (kind, parameters)
+        self.instances: dict[str, object] = {}
+
+    def get(self, value: object, where: str) -> object:
+        name: str = _expect(value, str, where)
+        plugin = self.instances.get(name)
+        if plugin is None:
+            kind, parameters = self.specs.get(name, (name, {}))
+            try:
+                plugin = create(kind, parameters, self.context)
+            except ValueError as error:
+                raise ValueError(f"scheduling config: {where}: {error}") from None
+            # Every plugin class declares str `name` (its type name); a configured name labels its metrics.
+            plugin.name = name  # type: ignore[attr-defined]
+            plugin.kind = kind  # type: ignore[attr-defined]
+            self.instances[name] = plugin
+        return plugin
+
+
+def _profile(name: str, value: object, plugins: _Plugins, weights: Mapping[str, float]) -> Profile:
+    where = f"profiles.{name}"
+    spec: dict[str, Any] = _expect(value, dict, where)
+    filters: list[Filter] = []
+    for i, item in enumerate(_expect(spec.get("filters", []), list, f"{where}.filters")):
+        plugin = plugins.get(item, f"{where}.filters[{i}]")
+        if not isinstance(plugin, Filter):
+            raise ValueError(f"scheduling config: {where}.filters[{i}]: {item!r} is not a filter")
+        filters.append(plugin)
+    scorers: list[WeightedScorer] = []
+    for i, item in enumerate(_expect(spec.get("scorers", []), list, f"{where}.scorers")):
+        entry = _expect(item, dict, f"{where}.scorers[{i}]")
+        plugin = plugins.get(entry.get("plugin"), f"{where}.scorers[{i}].plugin")
+        if not isinstance(plugin, Scorer):
+            raise ValueError(f"scheduling config: {where}.scorers[{i}]: {entry.get('plugin')!r} is not a scorer")
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
+            raise ValueError(f"scheduling config: {where}.scorers[{i}].weight must be a number >= 0")
+        scorers.append(WeightedScorer(plugin, float(weights.get(plugin.name, weight))))
+    picker = plugins.get(spec.get("picker", "max-score"), f"{where}.picker")
+    if not isinstance(picker, Picker):
+        raise ValueError(f"scheduling config: {where}.picker: {spec.get('picker')!r} is not a picker")
+    hooks: dict[int, PostPick] = {}
+    for plugin in (*filters, *(s.scorer for s in scorers), picker):
+        if isinstance(plugin, PostPick):
+            hooks.setdefault(id(plugin), plugin)
+    return Profile(name, tuple(filters), tuple(scorers), picker, tuple(hooks.values()))
+
+
+def build_scheduler(endpoints: Endpoints, context: PluginContext, config: Mapping[str, Any] | None = None,
+                    weights: Mapping[str, float] | None = None) -> Scheduler:
+    config = DEFAULT_CONFIG if config is None else config
+    plugins = _Plugins(_expect(config.get("plugins", []), list, "plugins"), context)
+    profiles_spec = _expect(config.get("profiles"), dict, "profiles")
+    missing = [name for name in PROFILE_NAMES if name not in profiles_spec]
+    if missing:
+        raise ValueError(f"scheduling config: profiles {', '.join(missing)} missing (needed: "
+                         f"{', '.join(PROFILE_NAMES)})")
+    unknown = sorted(set(profiles_spec) - set(PROFILE_NAMES))
+    if unknown:
+        raise ValueError(f"scheduling config: unknown profiles {', '.join(unknown)} "
+                         f"(known: {', '.join(PROFILE_NAMES)})")
+    weights = weights or {}
+    profiles = {name: _profile(name, profiles_spec[name], plugins, weights) for name in PROFILE_NAMES}
+    known = {s.scorer.name for p in profiles.values() for s in p.scorers}
+    stray = sorted(set(weights) - known)
+    if stray:
+        raise ValueError(f"--scorer-weights: no scorer named {', '.join(stray)} (scorers: {', '.join(sorted(known))})")
+    return Scheduler(endpoints, profiles, default_handler)
+
+
+def dump_default_config() -> str:
+    return json.dumps(DEFAULT_CONFIG, indent=2)
