@@ -9,12 +9,13 @@ import socket
 import ssl
 from collections.abc import Iterator
 from types import TracebackType
+from typing import TypedDict
 
 import uvicorn
 
 from ._stores._memory import MemoryStore
 from ._stores._protocol import Store
-from ._transports._grpc import GrpcServer
+from ._transports._grpc_server import GrpcServer
 from ._transports._http import create_app
 from .config import Settings
 from .errors import A2AError
@@ -47,14 +48,22 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _ssl_options(settings: Settings) -> dict[str, object]:
+class _SSLOptions(TypedDict, total=False):
+    ssl_certfile: str
+    ssl_keyfile: str
+    ssl_ca_certs: str
+    ssl_cert_reqs: int
+
+
+def _ssl_options(settings: Settings) -> _SSLOptions:
     """uvicorn's TLS settings: https with the service certificate; with a client CA, mTLS (a client without a
     certificate signed by it fails the handshake)."""
     if not settings.tls_cert_file:
         return {}
-    options: dict[str, object] = {"ssl_certfile": settings.tls_cert_file, "ssl_keyfile": settings.tls_key_file}
+    options: _SSLOptions = {"ssl_certfile": settings.tls_cert_file, "ssl_keyfile": settings.tls_key_file}
     if settings.tls_client_ca_file:
-        options.update(ssl_ca_certs=settings.tls_client_ca_file, ssl_cert_reqs=ssl.CERT_REQUIRED)
+        options["ssl_ca_certs"] = settings.tls_client_ca_file
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
     return options
 
 

@@ -86,7 +86,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -419,7 +419,7 @@ class RedisStore(WaitingReceivers):
     async def _run(self, name: str, *args: Any) -> Any:
         return await self._command(self._scripts[name](args=[self.prefix, *args]))
 
-    async def _command(self, call: Coroutine[Any, Any, Any]) -> Any:
+    async def _command(self, call: Awaitable[Any]) -> Any:
         """Await one Redis call within the Redis timeout; failures become ``StoreUnavailableError``."""
         try:
             async with asyncio.timeout(self._timeout):

@@ -241,7 +241,8 @@ class Authenticator:
     def issue(self, workflow_id: str, agent_id: str, ttl: float | None = None, *, now: float | None = None
               ) -> tuple[str, float]:
         """A signed agent token for ``(workflow_id, agent_id)`` and its expiry (epoch seconds)."""
-        if self._issue_alg is None:
+        secret = self.config.secret
+        if self._issue_alg is None or secret is None:  # an HS* algorithm is accepted only with a secret
             raise InvalidRequestError(
                 "this service only verifies tokens (no HS* secret): mint agent tokens with your signing key",
                 code="issuing_disabled",
@@ -262,7 +263,7 @@ class Authenticator:
             "exp": int(expires),
             "jti": uuid.uuid4().hex,
         }
-        return self._jwt.encode(claims, self.config.secret, algorithm=self._issue_alg), float(int(expires))
+        return self._jwt.encode(claims, secret, algorithm=self._issue_alg), float(int(expires))
 
 
 def _load_public_key(pem: bytes) -> Any:

@@ -13,9 +13,6 @@ from .._types import (
     AckResult,
     DeleteResult,
     Delivery,
-    Message,
-    MessageCounters,
-    QueueStatus,
     RecordResult,
     RequestRecord,
     SendResult,
@@ -26,26 +23,18 @@ from ..client import UNSET
 from ..errors import A2AError, error_from_wire
 from ..v1 import a2a_pb2 as pb
 from ..v1 import a2a_pb2_grpc as pb_grpc
+from ._proto import (
+    ack_result_from_pb,
+    delete_result_from_pb,
+    delivery_from_pb,
+    record_result_from_pb,
+    records_to_pb,
+    send_result_from_pb,
+    stats_from_pb,
+    status_from_pb,
+)
 
 __all__ = ["A2AGrpcClient"]
-
-
-def _delivery_from_pb(m: pb.Message) -> Delivery:
-    message = Message(
-        message_id=m.message_id,
-        workflow_id=m.workflow_id,
-        source_agent=m.source_agent,
-        target_agent=m.target_agent,
-        message_type=m.message_type,
-        payload=m.payload or b"{}",
-        created_at=m.created_at,
-        expires_at=m.expires_at,
-    )
-    return Delivery(message, m.delivery_count, m.lease_expires_at if m.HasField("lease_expires_at") else None)
-
-
-def _counters_from_pb(c: pb.MessageCounters) -> MessageCounters:
-    return MessageCounters(c.sent, c.delivered, c.acked, c.redelivered, c.expired, c.rejected, c.dropped)
 
 
 def _grpc_error(exc: grpc.aio.AioRpcError) -> A2AError:
@@ -109,7 +98,7 @@ class A2AGrpcClient:
             r = await self.stub.SendMessage(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise _grpc_error(exc) from None
-        return SendResult(r.message_id, tuple(r.delivered_to), r.created_at, r.expires_at)
+        return send_result_from_pb(r)
 
     async def receive(
         self,
@@ -130,7 +119,7 @@ class A2AGrpcClient:
             r = await self.stub.ReceiveMessages(request, timeout=timeout + self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise _grpc_error(exc) from None
-        return [_delivery_from_pb(m) for m in r.messages]
+        return [delivery_from_pb(m) for m in r.messages]
 
     async def subscribe_batches(
         self,
@@ -151,7 +140,7 @@ class A2AGrpcClient:
         call = self.stub.Subscribe(request, metadata=self._metadata)
         try:
             async for response in call:
-                yield [_delivery_from_pb(m) for m in response.messages]
+                yield [delivery_from_pb(m) for m in response.messages]
         except grpc.aio.AioRpcError as exc:
             raise _grpc_error(exc) from None
         finally:
@@ -182,7 +171,7 @@ class A2AGrpcClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise _grpc_error(exc) from None
-        return AckResult(tuple(r.acked), tuple(r.not_found))
+        return ack_result_from_pb(r)
 
     async def status(self, workflow_id: str) -> WorkflowStatus:
         try:
@@ -191,57 +180,14 @@ class A2AGrpcClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise _grpc_error(exc) from None
-        return WorkflowStatus(
-            workflow_id=r.workflow_id,
-            active_agents=r.active_agents,
-            agents=tuple(r.agents),
-            total_requests=r.total_requests,
-            affinity_hits=r.affinity_hits,
-            affinity_hit_rate=r.affinity_hit_rate,
-            failovers=r.failovers,
-            completed_requests=r.completed_requests,
-            failed_requests=r.failed_requests,
-            cache_hits=r.cache_hits,
-            cache_hit_rate=r.cache_hit_rate,
-            prompt_tokens=r.prompt_tokens,
-            cached_tokens=r.cached_tokens,
-            avg_routing_latency_seconds=r.avg_routing_latency_seconds,
-            assigned_instance=r.assigned_instance if r.HasField("assigned_instance") else None,
-            created_at=r.created_at,
-            last_updated=r.last_updated,
-            queued_messages=r.queued_messages,
-            in_flight_messages=r.in_flight_messages,
-            queues={a: QueueStatus(q.queued, q.in_flight) for a, q in r.queues.items()},
-            messages=_counters_from_pb(r.messages),
-        )
+        return status_from_pb(r)
 
     async def stats(self) -> SystemStats:
         try:
             r = await self.stub.GetStats(pb.GetStatsRequest(), timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise _grpc_error(exc) from None
-        return SystemStats(
-            active_workflows=r.active_workflows,
-            max_workflows=r.max_workflows,
-            workflows_created=r.workflows_created,
-            workflows_expired=r.workflows_expired,
-            workflows_deleted=r.workflows_deleted,
-            total_requests=r.total_requests,
-            affinity_hits=r.affinity_hits,
-            affinity_hit_rate=r.affinity_hit_rate,
-            completed_requests=r.completed_requests,
-            cache_hits=r.cache_hits,
-            cache_hit_rate=r.cache_hit_rate,
-            prompt_tokens=r.prompt_tokens,
-            cached_tokens=r.cached_tokens,
-            records_rejected=r.records_rejected,
-            queues=r.queues,
-            queued_messages=r.queued_messages,
-            in_flight_messages=r.in_flight_messages,
-            messages=_counters_from_pb(r.messages),
-            rejected_by_code=dict(r.rejected_by_code),
-            uptime_seconds=r.uptime_seconds,
-        )
+        return stats_from_pb(r)
 
     async def delete_workflow(self, workflow_id: str) -> DeleteResult:
         try:
@@ -250,30 +196,12 @@ class A2AGrpcClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise _grpc_error(exc) from None
-        return DeleteResult(r.workflow_id, r.dropped_messages)
+        return delete_result_from_pb(r)
 
     async def record_requests(self, records: Sequence[RequestRecord]) -> RecordResult:
-        request = pb.RecordRequestsRequest(
-            records=[
-                pb.RequestRecord(
-                    request_id=r.request_id,
-                    workflow_id=r.workflow_id,
-                    agent_id=r.agent_id,
-                    instance=r.instance,
-                    affinity_hit=r.affinity_hit,
-                    failover=r.failover,
-                    routing_latency_seconds=r.routing_latency_seconds,
-                    timestamp=r.timestamp,
-                    kind=int(r.kind),  # type: ignore[arg-type]
-                    prompt_tokens=r.prompt_tokens,
-                    cached_tokens=r.cached_tokens,
-                    status_code=r.status_code,
-                )
-                for r in records
-            ]
-        )
+        request = records_to_pb(records)
         try:
             r = await self.stub.RecordRequests(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise _grpc_error(exc) from None
-        return RecordResult(r.accepted, r.rejected)
+        return record_result_from_pb(r)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, TypedDict
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -27,22 +27,6 @@ from .._types import (
 )
 from ..config import Settings
 from ..errors import InvalidRequestError, MalformedJSONError
-
-
-class MessageJSON(TypedDict):
-    """One message in a receive response."""
-
-    message_id: str
-    workflow_id: str
-    source_agent: str
-    target_agent: str
-    message_type: str
-    payload: Any
-    created_at: float
-    expires_at: float
-    delivery_count: int
-    lease_expires_at: float | None
-
 
 SEND_FIELDS = ("source_agent", "target_agent", "message_type", "payload", "ttl")
 DEFAULT_MESSAGE_TYPE = "message"
