@@ -97,7 +97,8 @@ def test_load_bound_filter(case: Case) -> None:
 
 
 @pytest.mark.parametrize(("preference", "priority", "slack"),
-                         [(0.8, 1.0, 16.0), (0.5, 1.0, 4.0), (0.5, 2.0, 8.0), (0.0, 1.0, 0.0), (1.0, 1.0, float("inf"))])
+                         [(0.8, 1.0, 16.0), (0.5, 1.0, 4.0), (0.5, 2.0, 8.0), (0.0, 1.0, 0.0),
+                          (1.0, 1.0, float("inf"))])
 def test_imbalance_slack(preference: float, priority: float, slack: float) -> None:
     assert imbalance_slack(preference, priority) == pytest.approx(slack)
 
