@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from a2a_service.client import A2AClient
-from examples._common import RESULT_PREFIX, wait_for_status
 from benchmarks.stack import Stack
+from examples._common import RESULT_PREFIX, wait_for_status
 from tests.conftest import stack_options
 
 REPO = Path(__file__).resolve().parents[2]
