@@ -28,7 +28,10 @@ from .._types import (
 from ..config import Settings
 from ..errors import InvalidRequestError, MalformedJSONError
 
+# The fields each request body accepts (the OpenAPI models of ``_http_docs`` are checked against these).
 SEND_FIELDS = ("source_agent", "target_agent", "message_type", "payload", "ttl")
+ACK_FIELDS = ("message_ids",)
+RECORDS_FIELDS = ("records",)
 DEFAULT_MESSAGE_TYPE = "message"
 _RECORD_FIELDS = {f.name for f in fields(RequestRecord)}
 _RECORD_INTS = ("prompt_tokens", "cached_tokens", "status_code")
@@ -84,7 +87,7 @@ def parse_send(body: bytes, workflow_id: str, settings: Settings) -> SendRequest
 
 def parse_ack(body: bytes, settings: Settings) -> list[str]:
     obj = parse_object(body, max_depth=settings.json_max_depth)
-    _reject_unknown(obj, ("message_ids",))
+    _reject_unknown(obj, ACK_FIELDS)
     ids = obj.get("message_ids")
     if type(ids) is not list:
         raise InvalidRequestError("message_ids must be a list of strings", param="message_ids", code="invalid_type")
@@ -114,7 +117,7 @@ def parse_records(body: bytes, settings: Settings) -> list[RequestRecord]:
     """``POST /v1/workflows/records``: ``{"records": [...]}``. Wrong types fail the whole batch (422);
     semantically invalid records are left for the store to count as rejected."""
     obj = parse_object(body, max_depth=settings.json_max_depth)
-    _reject_unknown(obj, ("records",))
+    _reject_unknown(obj, RECORDS_FIELDS)
     items = obj.get("records")
     if type(items) is not list:
         raise InvalidRequestError("records must be a list of objects", param="records", code="invalid_type")
