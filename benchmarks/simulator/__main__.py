@@ -17,17 +17,22 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .block_hash import HASH_ALGOS
 from .config import (
     DEFAULT_HOST,
     DEFAULT_MAX_RECORDED_REQUESTS,
     DEFAULT_NAME,
     DEFAULT_PORT,
+    DEFAULT_PREFIX_CACHING_HASH_ALGO,
+    DEFAULT_SCHEDULING_POLICY,
     DEFAULT_SEED,
     DEFAULT_SHUTDOWN_GRACE_S,
     DEFAULT_TIME_SCALE,
     ENV_PREFIX,
     SimConfig,
 )
+from .engine import SCHEDULING_POLICIES
+from .kv_events import ENCODINGS, parse_kv_events_config
 from .profile import DEFAULT_PROFILE, load_profile, profile_field_types
 from .server import serve
 
@@ -49,12 +54,13 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         f"{ENV_PREFIX}TIME_SCALE=0.01, {ENV_PREFIX}NUM_GPU_BLOCKS=4096.",
     )
 
-    def add(flag: str, kind: type, default: Any, help_: str) -> None:
+    def add(flag: str, kind: type, default: Any, help_: str, choices: Sequence[str] | None = None) -> None:
         env_name = _env_name(flag)
         p.add_argument(
             flag,
             type=kind,
             default=env.get(env_name, default),
+            choices=choices,
             help=f"{help_} [env {env_name}; default {default}]",
         )
 
@@ -68,6 +74,34 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--max-recorded-requests", int, DEFAULT_MAX_RECORDED_REQUESTS, "request bodies kept for /sim/requests")
     add("--shutdown-grace", float, DEFAULT_SHUTDOWN_GRACE_S, "seconds in-flight requests get on SIGTERM")
     add("--log-level", str, "info", "debug, info, warning or error")
+    add(
+        "--scheduling-policy",
+        str,
+        DEFAULT_SCHEDULING_POLICY,
+        "vLLM's --scheduling-policy: fcfs (a non-zero request 'priority' is a 400) or priority (lower first)",
+        SCHEDULING_POLICIES,
+    )
+    add(
+        "--prefix-caching-hash-algo",
+        str,
+        DEFAULT_PREFIX_CACHING_HASH_ALGO,
+        "block hash: the simulator's blake2b, or vLLM's sha256_cbor (NONE_HASH from PYTHONHASHSEED)",
+        HASH_ALGOS,
+    )
+    add(
+        "--kv-events-config",
+        str,
+        None,
+        "vLLM's --kv-events-config JSON, e.g. "
+        '\'{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557", "topic": "kv"}\'',
+    )
+    add(
+        "--kv-events-encoding",
+        str,
+        "array",
+        "msgpack shape of KV events: array (vLLM before PR #42892) or map (current vLLM)",
+        ENCODINGS,
+    )
     for name, kind in profile_field_types().items():
         if name in _PROFILE_FLAGS:
             add("--" + name.replace("_", "-"), kind, None, f"override the profile's {name}")
@@ -84,6 +118,7 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
 
 def build_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> SimConfig:
     """Flags + environment -> a validated :class:`SimConfig`. Raises ``ValueError`` or ``SystemExit``."""
+    env = os.environ if env is None else env
     args = parse_args(argv, env)
     types = profile_field_types()
     overrides = {name: types[name](getattr(args, name)) for name in _PROFILE_FLAGS if getattr(args, name) is not None}
@@ -99,6 +134,12 @@ def build_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         port=int(args.port),
         shutdown_grace_s=float(args.shutdown_grace),
         log_level=str(args.log_level).lower(),
+        scheduling_policy=args.scheduling_policy,
+        prefix_caching_hash_algo=args.prefix_caching_hash_algo,
+        hash_seed=env.get("PYTHONHASHSEED"),
+        kv_events=parse_kv_events_config(args.kv_events_config) if args.kv_events_config else None,
+        kv_events_encoding=args.kv_events_encoding,
+        kv_events_int_hashes=env.get("VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES", "1") not in ("0", ""),
     ).validate()
 
 

@@ -28,10 +28,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .block_hash import make_hasher
 from .config import INSTANCE_HEADER, SimConfig
-from .driver import AsyncEngine, RequestHandle
+from .driver import AsyncEngine, RequestHandle, StepObserver
 from .engine import Engine, EngineRequest, SeqState
 from .errors import BadRequestError, SimulatorError
+from .kv_events import KVEventsPublisher
 from .metrics import CONTENT_TYPE, SimMetrics
 from .protocol import (
     ParsedRequest,
@@ -116,8 +118,22 @@ class SimInstance:
     def __init__(self, config: SimConfig, rng: random.Random | None = None) -> None:
         self.config = config.validate()
         self.rng = rng if rng is not None else random.Random(config.seed)
-        self.engine = Engine(config.profile, rng=self.rng)
+        hasher = make_hasher(
+            config.prefix_caching_hash_algo,
+            seed=config.hash_seed,
+            fallback_seed=f"vllm-sim:{config.seed}".encode(),
+        )
+        kv_events = config.kv_events if config.kv_events is not None and config.kv_events.active else None
+        self.engine = Engine(
+            config.profile,
+            rng=self.rng,
+            scheduling_policy=config.scheduling_policy,
+            hasher=hasher,
+            record_kv_events=kv_events is not None,
+        )
         self.metrics = SimMetrics(self.engine, config.model_name)
+        self._kv_events_config = kv_events
+        self.kv_events: KVEventsPublisher | None = None
         self.driver: AsyncEngine | None = None
         self.faults = Faults()
         self.recorded: deque[dict[str, Any]] = deque(maxlen=config.max_recorded_requests)
@@ -127,8 +143,18 @@ class SimInstance:
         self._hung: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
+        if self.kv_events is None and self._kv_events_config is not None:
+            self.kv_events = KVEventsPublisher(
+                self.engine.kv,
+                self._kv_events_config,
+                encoding=self.config.kv_events_encoding,
+                int_hashes=self.config.kv_events_int_hashes,
+            )
         if self.driver is None:
-            self.driver = AsyncEngine(self.engine, time_scale=self.config.time_scale, observers=[self.metrics])
+            observers: list[StepObserver] = [self.metrics]
+            if self.kv_events is not None:
+                observers.append(self.kv_events)
+            self.driver = AsyncEngine(self.engine, time_scale=self.config.time_scale, observers=observers)
         self.driver.start()
 
     async def stop(self) -> None:
@@ -137,6 +163,9 @@ class SimInstance:
                 fut.set_result(None)
         if self.driver is not None:
             await self.driver.stop()
+        if self.kv_events is not None:
+            self.kv_events.shutdown()
+            self.kv_events = None
 
     # --- helpers ------------------------------------------------------------------------------------------
     def new_id(self, prefix: str) -> str:
@@ -171,8 +200,14 @@ class SimInstance:
             "faults": asdict(self.faults),
         }
 
-    def reset(self) -> dict[str, Any]:
+    def reset_prefix_cache(self) -> int:
         dropped = self.engine.reset_prefix_cache()
+        if self.kv_events is not None:
+            self.kv_events.flush()  # AllBlocksCleared goes out now, not with the next step
+        return dropped
+
+    def reset(self) -> dict[str, Any]:
+        dropped = self.reset_prefix_cache()
         self.recorded.clear()
         self.totals = _Totals()
         return {"reset": True, "dropped_cached_blocks": dropped}
@@ -218,7 +253,9 @@ class SimInstance:
         if driver is None:
             return _error(503, "the engine is not running", "service_unavailable")
         try:
-            handle = driver.submit(EngineRequest(rid, parsed.prompt_token_ids, parsed.max_tokens, parsed.seed))
+            handle = driver.submit(
+                EngineRequest(rid, parsed.prompt_token_ids, parsed.max_tokens, parsed.seed, parsed.priority)
+            )
         except SimulatorError as exc:
             self.totals.rejected += 1
             return _sim_error(exc)
@@ -341,7 +378,7 @@ def create_app(config: SimConfig, *, rng: random.Random | None = None) -> Starle
         return JSONResponse(tokenize_response(ids, token_strs, sim.engine.max_model_len))
 
     async def reset_prefix_cache(request: Request) -> Response:
-        sim.engine.reset_prefix_cache()
+        sim.reset_prefix_cache()
         return Response(status_code=200)
 
     async def sim_requests(request: Request) -> Response:

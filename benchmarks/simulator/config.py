@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .block_hash import HASH_ALGOS, HashAlgo
+from .engine import SCHEDULING_POLICIES, SchedulingPolicy
+from .kv_events import ENCODINGS, Encoding, KVEventsConfig
 from .profile import Profile, load_profile
 
 __all__ = [
@@ -11,6 +14,8 @@ __all__ = [
     "DEFAULT_MAX_RECORDED_REQUESTS",
     "DEFAULT_NAME",
     "DEFAULT_PORT",
+    "DEFAULT_PREFIX_CACHING_HASH_ALGO",
+    "DEFAULT_SCHEDULING_POLICY",
     "DEFAULT_SEED",
     "DEFAULT_SHUTDOWN_GRACE_S",
     "DEFAULT_TIME_SCALE",
@@ -32,6 +37,8 @@ DEFAULT_TIME_SCALE = 1.0
 DEFAULT_SEED = 0
 DEFAULT_MAX_RECORDED_REQUESTS = 1000
 DEFAULT_SHUTDOWN_GRACE_S = 3.0
+DEFAULT_SCHEDULING_POLICY: SchedulingPolicy = "fcfs"  # vLLM's default --scheduling-policy
+DEFAULT_PREFIX_CACHING_HASH_ALGO: HashAlgo = "blake2b"  # the simulator's own; vLLM's is "sha256"
 
 
 @dataclass(slots=True, frozen=True)
@@ -48,6 +55,14 @@ class SimConfig:
     port: int = DEFAULT_PORT
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     log_level: str = "info"
+    scheduling_policy: SchedulingPolicy = DEFAULT_SCHEDULING_POLICY
+    prefix_caching_hash_algo: HashAlgo = DEFAULT_PREFIX_CACHING_HASH_ALGO
+    # PYTHONHASHSEED, as vLLM reads it for sha256_cbor's NONE_HASH; None: derived from ``seed``.
+    hash_seed: str | None = None
+    kv_events: KVEventsConfig | None = None
+    kv_events_encoding: Encoding = "array"
+    # VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES (vLLM's default 1): hashes in events as 64-bit ints, else bytes.
+    kv_events_int_hashes: bool = True
 
     @property
     def model_name(self) -> str:
@@ -63,4 +78,12 @@ class SimConfig:
             raise ValueError("port must be in [0, 65535]")
         if not self.name:
             raise ValueError("name must not be empty")
+        if self.scheduling_policy not in SCHEDULING_POLICIES:
+            raise ValueError(f"scheduling_policy must be one of {SCHEDULING_POLICIES}")
+        if self.prefix_caching_hash_algo not in HASH_ALGOS:
+            raise ValueError(f"prefix_caching_hash_algo must be one of {HASH_ALGOS}")
+        if self.kv_events_encoding not in ENCODINGS:
+            raise ValueError(f"kv_events_encoding must be one of {ENCODINGS}")
+        if self.kv_events is not None:
+            self.kv_events.validate()
         return self

@@ -10,6 +10,7 @@ though the client waited 1 ms of wall time. Counters are monotonic: ``POST /sim/
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -33,6 +34,7 @@ REQUEST_LATENCY_BUCKETS = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0,
     960.0, 1920.0, 7680.0,
 )  # fmt: skip
+ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
 class _EngineCollector(Collector):
@@ -63,7 +65,7 @@ class _EngineCollector(Collector):
         yield counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", kv.hits)
         yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.", stats.prompt_tokens)
         yield counter("vllm:generation_tokens", "Number of generation tokens processed.", stats.generation_tokens)
-        yield counter("vllm:num_preemptions", "Cumulative number of preemptions (never, in the simulator).", 0)
+        yield counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", stats.preemptions)
         success = CounterMetricFamily(
             "vllm:request_success",
             "Count of successfully processed requests.",
@@ -109,25 +111,51 @@ class SimMetrics:
             registry=self.registry,
             buckets=REQUEST_LATENCY_BUCKETS,
         ).labels(model_name)
-        self._queue = Histogram(
-            "vllm:request_queue_time_seconds",
-            "Histogram of time spent in WAITING phase for request.",
+
+        def phase(name: str, doc: str) -> Any:
+            return Histogram(name, doc, labels, registry=self.registry, buckets=REQUEST_LATENCY_BUCKETS).labels(
+                model_name
+            )
+
+        # Observed when a request finishes, from its first scheduling (vllm/v1/metrics/stats.py:
+        # queued = scheduled - queued, prefill = first token - scheduled, decode = last token - first token,
+        # inference = last token - scheduled).
+        self._queue = phase("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.")
+        self._inference = phase(
+            "vllm:request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request."
+        )
+        self._prefill = phase(
+            "vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request."
+        )
+        self._decode = phase("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.")
+        self._iteration = Histogram(
+            "vllm:iteration_tokens_total",
+            "Histogram of number of tokens per engine_step.",
             labels,
             registry=self.registry,
-            buckets=REQUEST_LATENCY_BUCKETS,
+            buckets=ITERATION_TOKENS_BUCKETS,
         ).labels(model_name)
 
     def on_step(self, result: StepResult) -> None:
         end = result.end
-        for seq in result.admitted:
-            self._queue.observe(result.start - seq.ready_time)
+        iteration_tokens = 0  # vLLM's IterationStats: a prompt counts once, with its first token
         for seq in result.emitted:
+            iteration_tokens += 1
             if seq.num_output == 1:
+                iteration_tokens += seq.num_prompt_tokens
                 self._ttft.observe(end - seq.arrival_time)
             elif seq.prev_token_time is not None:
                 self._itl.observe(end - seq.prev_token_time)
+        if not result.idle:
+            self._iteration.observe(iteration_tokens)
         for seq in result.finished:
             self._e2e.observe(end - seq.arrival_time)
+            scheduled = seq.admitted_time if seq.admitted_time is not None else seq.ready_time
+            first = seq.first_token_time if seq.first_token_time is not None else end
+            self._queue.observe(scheduled - seq.ready_time)
+            self._prefill.observe(first - scheduled)
+            self._decode.observe(end - first)
+            self._inference.observe(end - scheduled)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

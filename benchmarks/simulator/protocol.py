@@ -54,6 +54,7 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     seed: int | None
+    priority: int = 0  # vLLM's request field (lower runs earlier, with --scheduling-policy priority)
 
 
 def _is_int(v: Any) -> bool:
@@ -140,13 +141,28 @@ def _seed(body: Mapping[str, Any]) -> int | None:
     return seed
 
 
+def _priority(body: Mapping[str, Any]) -> int:
+    # vLLM's CompletionRequest/ChatCompletionRequest: ``priority: int = 0`` (vllm/entrypoints/openai/protocol.py).
+    priority = body.get("priority", 0)
+    if not _is_int(priority):
+        raise BadRequestError("'priority' must be an integer", "priority")
+    return priority
+
+
 def parse_completion(body: Any) -> ParsedRequest:
     """``POST /v1/completions`` body -> request. Raises :class:`BadRequestError`."""
     b = _common(body)
     ids = _prompt_ids(b.get("prompt"))
     stream, include_usage = _stream(b)
     return ParsedRequest(
-        "completion", b.get("model"), ids, _max_tokens(b, "max_tokens"), stream, include_usage, _seed(b)
+        "completion",
+        b.get("model"),
+        ids,
+        _max_tokens(b, "max_tokens"),
+        stream,
+        include_usage,
+        _seed(b),
+        _priority(b),
     )
 
 
@@ -166,7 +182,9 @@ def parse_chat(body: Any) -> ParsedRequest:
         raise BadRequestError(f"invalid message content: {exc}", "messages") from exc
     stream, include_usage = _stream(b)
     max_tokens = _max_tokens(b, "max_completion_tokens", "max_tokens")
-    return ParsedRequest("chat", b.get("model"), encode(text), max_tokens, stream, include_usage, _seed(b))
+    return ParsedRequest(
+        "chat", b.get("model"), encode(text), max_tokens, stream, include_usage, _seed(b), _priority(b)
+    )
 
 
 def _flag(body: Mapping[str, Any], name: str, default: bool) -> bool:

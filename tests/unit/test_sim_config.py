@@ -60,3 +60,24 @@ def test_cli_rejects_bad_values():
         build_config(["--port", "abc"], {})
     with pytest.raises(ValueError):
         build_config(["--time-scale", "-1"], {})
+
+
+def test_vllm_scheduling_hash_and_kv_event_flags():
+    cfg = build_config([], {})
+    assert cfg.scheduling_policy == "fcfs" and cfg.prefix_caching_hash_algo == "blake2b" and cfg.kv_events is None
+    cfg = build_config(
+        ["--scheduling-policy", "priority", "--kv-events-config", '{"enable_kv_cache_events": true, "topic": "t"}'],
+        {
+            "VLLM_SIM_PREFIX_CACHING_HASH_ALGO": "sha256_cbor",
+            "PYTHONHASHSEED": "7",
+            "VLLM_SIM_KV_EVENTS_ENCODING": "map",
+        },
+    )
+    assert cfg.scheduling_policy == "priority" and cfg.prefix_caching_hash_algo == "sha256_cbor"
+    assert cfg.hash_seed == "7" and cfg.kv_events_encoding == "map" and cfg.kv_events_int_hashes
+    assert cfg.kv_events is not None and cfg.kv_events.active and cfg.kv_events.topic == "t"
+    assert not build_config([], {"VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES": "0"}).kv_events_int_hashes
+    with pytest.raises(SystemExit):
+        build_config(["--scheduling-policy", "lifo"], {})
+    with pytest.raises(ValueError, match="unknown keys"):
+        build_config(["--kv-events-config", '{"nope": 1}'], {})

@@ -130,13 +130,15 @@ def test_long_prefill_chunk_slows_the_decodes_batched_with_it():
 
 
 def test_waiting_queue_under_kv_pressure():
-    # 20 blocks of 16 tokens; each request needs ceil((100 + 60 - 1) / 16) = 10 blocks: only 2 fit at once.
+    # 20 blocks of 16 tokens. Blocks are taken per scheduled token, as vLLM's KVCacheManager.allocate_slots
+    # does (vllm/v1/core/kv_cache_manager.py), not reserved for the whole output: a 100-token prompt takes
+    # ceil(100 / 16) = 7 blocks at admission, so 2 fit and the third waits (6 free < 7).
     eng = engine(num_gpu_blocks=20, max_model_len=320)
     for i in range(4):
         eng.add_request(EngineRequest(str(i), prompt(100, salt=i), max_tokens=60), 0.0)
     result = eng.step(1.0)
     assert len(result.admitted) == 2
-    assert eng.num_waiting == 2 and eng.kv.usage() == pytest.approx(1.0)
+    assert eng.num_waiting == 2 and eng.kv.usage() == pytest.approx(14 / 20)
     simulate(eng, [], start=result.end)
     assert eng.stats.requests_finished == 4 and eng.kv.usage() == 0
 
