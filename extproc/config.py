@@ -118,6 +118,7 @@ class Settings:
     lmcache_url: str | None = None
     lmcache_instance_map: str = ""
     lmcache_timeout: float = 0.05
+    tokenizer: str = "approx"  # how the KV index tokenizes like the backends (extproc/tokenization/_factory.py)
     poll_interval: float = DEFAULT_POLL_INTERVAL_S
     poll_timeout: float = DEFAULT_POLL_TIMEOUT_S
     prefix_routing: bool = True
@@ -153,6 +154,9 @@ class Settings:
             raise ValueError("--kv-index must be 'local' or 'lmcache'")
         if self.kv_index == "lmcache" and not self.lmcache_url:
             raise ValueError("--kv-index lmcache needs --lmcache-url")
+        from extproc.tokenization import parse_tokenizer_spec  # syntax only; files are read at start
+
+        parse_tokenizer_spec(self.tokenizer)
         if self.poll_interval <= 0 or self.poll_timeout <= 0:
             raise ValueError("--poll-interval and --poll-timeout must be > 0")
         if self.max_grpc_message_bytes < 1024 or self.max_concurrent_streams < 1:
@@ -247,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="lmcache_instance_id=cluster,... (default: instance ids are the cluster names)")
     add("--lmcache-timeout", type=float, default=_env("lmcache-timeout", 0.05),
         help="seconds a controller lookup may take before the local prefix index decides instead")
+    add("--tokenizer", default=_env("tokenizer", "approx"),
+        help="how --kv-index lmcache computes the backends' token ids: 'approx' (the simulator's ~4 chars/token), "
+        "'hf:DIR' or 'hf:tokenizer.json[,config=tokenizer_config.json]' (the model's own tokenizer and chat "
+        "template, local files) or 'vllm:URL[,model=NAME][,timeout=S]' (an instance's POST /tokenize)")
     add("--poll-interval", type=float, default=_env("poll-interval", DEFAULT_POLL_INTERVAL_S),
         help="seconds between scrapes of each backend's /health and /metrics (backends need =url)")
     add("--poll-timeout", type=float, default=_env("poll-timeout", DEFAULT_POLL_TIMEOUT_S),
@@ -306,6 +314,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         lmcache_url=ns.lmcache_url,
         lmcache_instance_map=ns.lmcache_instance_map,
         lmcache_timeout=ns.lmcache_timeout,
+        tokenizer=ns.tokenizer,
         poll_interval=ns.poll_interval,
         poll_timeout=ns.poll_timeout,
         prefix_routing=ns.prefix_routing,

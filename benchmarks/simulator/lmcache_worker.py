@@ -29,12 +29,12 @@ instance, speaking the controller's own wire protocol (lmcache 0.5.6, read from
   ``FullSyncEndMsg``, then polls ``FullSyncStatusMsg``. This worker does it inline, so no admit interleaves.
 
 What is cached: like LMCache in vLLM (``save_decode_cache`` off), the full chunks of each request's *prompt*
-tokens, tokenized with the simulator's tokenizer (chat requests through its chat template). In ``--sim-url``
-mode the worker polls the instance's ``GET /sim/requests`` and admits each new request's prompt; an LRU bounded
-by ``--capacity-chunks`` evicts (and reports) the least recently used chunks.
+tokens, tokenized with the simulator's tokenizer (``extproc/tokenization/approx.py``, chat requests through its
+chat template). In ``--sim-url`` mode the worker polls the instance's ``GET /sim/requests`` and admits each new
+request's prompt; an LRU bounded by ``--capacity-chunks`` evicts (and reports) the least recently used chunks.
 
 Run it with the Python that has lmcache installed, by path (so the simulator package, whose dependencies that
-virtualenv may lack, is not imported; only the stdlib-only ``tokenizer.py`` is loaded)::
+virtualenv may lack, is not imported; only the stdlib-only ``extproc/tokenization/approx.py`` is loaded)::
 
     /work/lmcache-venv/bin/python benchmarks/simulator/lmcache_worker.py --instance-id vllm-1 \\
         --controller-host 127.0.0.1 --pull-port 8300 --reply-port 8400 --sim-url http://127.0.0.1:8101
@@ -96,18 +96,20 @@ def chunk_hashes(
 
 
 def load_tokenizer() -> ModuleType:
-    """``benchmarks.simulator.tokenizer``; loaded from its file when the simulator package cannot be imported
-    (the lmcache virtualenv lacks its HTTP dependencies). The module only uses the standard library."""
+    """The simulator's tokenizer, :mod:`extproc.tokenization.approx`; loaded from its file when the ``extproc``
+    package cannot be imported (the lmcache virtualenv lacks its dependencies). The module only uses the
+    standard library and imports nothing from its package."""
     try:
-        from benchmarks.simulator import tokenizer
+        from extproc.tokenization import approx
 
-        return tokenizer
+        return approx
     except ImportError:
         pass
-    name = "_sim_tokenizer"
+    name = "_approx_tokenizer"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("tokenizer.py"))
+    path = Path(__file__).resolve().parents[2] / "extproc" / "tokenization" / "approx.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

@@ -12,9 +12,10 @@ end_of_chunk)``; it stops at the first chunk no instance holds. So the instance 
 the longest cached prefix, and an instance that also holds a shorter prefix may be reported with a smaller
 count or not at all. :func:`best_match` picks the largest.
 
-The client must tokenize exactly as the backends do, or no chunk hash will match: pass the backends'
-tokenizer (for the simulator, :func:`simulator_tokenizer`) and, for chat requests, the text the backend
-tokenizes (the chat template applied to the messages), not a plain concatenation.
+The client must tokenize exactly as the backends do, or no chunk hash will match: it takes an
+:class:`extproc.tokenization.Tokenizer` (``--tokenizer``: the approximate tokenizer for the simulator, the model's
+``tokenizer.json`` or an instance's ``/tokenize`` for real vLLM) and, for chat requests, tokenizes the messages
+with the backend's chat template, not a plain concatenation of their text.
 
 This module only speaks HTTP (httpx): it never imports ``lmcache``. A lookup never raises: on a timeout, a
 connection error, an HTTP error or a malformed answer it returns ``{}`` and increments an error counter, so the
@@ -24,32 +25,28 @@ caller falls back to its own prefix index or to load.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import httpx
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from extproc.tokenization import Tokenizer
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_TIMEOUT_S",
     "LMCacheIndex",
     "LookupResponseError",
-    "Tokenizer",
     "best_match",
     "parse_lookup_response",
-    "simulator_tokenizer",
 ]
 
 DEFAULT_TIMEOUT_S = 0.05
 # Only the start of very long prompts is sent: the match is a prefix, so a longer prompt cannot match more than
 # this, and the request body (JSON ints, ~8 bytes a token) and the controller's hashing stay bounded.
 DEFAULT_MAX_TOKENS = 32_768
-
-
-class Tokenizer(Protocol):
-    """Text -> token ids, exactly as the backends tokenize (no special tokens added beyond theirs)."""
-
-    def __call__(self, text: str, /) -> list[int]: ...
 
 
 class LookupResponseError(ValueError):
@@ -99,26 +96,20 @@ def best_match(matches: Mapping[str, int]) -> tuple[str, int] | None:
     return best
 
 
-def simulator_tokenizer() -> Tokenizer:
-    """The simulator's deterministic tokenizer (``benchmarks.simulator.tokenizer.encode``), imported lazily."""
-    from benchmarks.simulator.tokenizer import encode
-
-    return encode
-
-
 class LMCacheIndex:
     """Asks an LMCache controller which Envoy cluster holds the longest cached prefix of a prompt.
 
     ``instance_map`` maps LMCache instance ids (``lmcache_instance_id`` of each worker) to Envoy cluster
     names; instances the controller reports that are not in the map are ignored (counted in
-    :attr:`unknown_instances`). Counters are plain attributes, read by the metrics collector.
+    :attr:`unknown_instances`). The index owns ``tokenizer``: :meth:`aclose` closes it too. Counters are plain
+    attributes, exported by :meth:`collector`.
     """
 
     def __init__(
         self,
         url: str,
         instance_map: Mapping[str, str],
-        tokenizer: Tokenizer | Callable[[str], list[int]],
+        tokenizer: Tokenizer,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         *,
         max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -140,15 +131,19 @@ class LMCacheIndex:
         self.errors_connect = 0  # connection refused/reset and other transport errors
         self.errors_http = 0  # non-2xx answers
         self.errors_parse = 0  # not JSON, or not the documented shape
-        self.errors_tokenize = 0
+        self.errors_tokenize = 0  # the tokenizer gave no ids (malformed messages, /tokenize failed)
         self.errors_other = 0
         self.unknown_instances = 0
 
     @property
     def errors(self) -> int:
         return (
-            self.errors_timeout + self.errors_connect + self.errors_http + self.errors_parse
-            + self.errors_tokenize + self.errors_other
+            self.errors_timeout
+            + self.errors_connect
+            + self.errors_http
+            + self.errors_parse
+            + self.errors_tokenize
+            + self.errors_other
         )
 
     def _http(self) -> httpx.AsyncClient:
@@ -157,9 +152,14 @@ class LMCacheIndex:
         return self._client
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        """Close the controller connection and the tokenizer; idempotent, and the index stays usable (a later
+        lookup opens a new connection)."""
+        client, self._client = self._client, None
+        try:
+            if client is not None:
+                await client.aclose()
+        finally:
+            await self.tokenizer.aclose()
 
     async def __aenter__(self) -> LMCacheIndex:
         return self
@@ -167,15 +167,47 @@ class LMCacheIndex:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def lookup(self, prompt_text: str) -> dict[str, int]:
-        """``{cluster: matched_tokens}`` for the prompt; ``{}`` on any error or timeout."""
+    def collector(self) -> Collector:
+        """The counters as Prometheus metrics (register it with the server's registry)."""
+        return _LMCacheCollector(self)
+
+    async def tokens(self, prompt_text: str, messages: Sequence[Any] | None = None) -> list[int] | None:
+        """The prompt's token ids as the backend computes them (chat ``messages`` through its chat template);
+        ``None`` (counted in ``errors_tokenize``) when the tokenizer gives none. Never raises."""
         try:
-            tokens = self.tokenizer(prompt_text)
-        except Exception:
-            self.lookups += 1
+            if messages is not None:
+                ids = await self.tokenizer.chat_ids(messages)
+            else:
+                ids = await self.tokenizer.prompt_ids(prompt_text)
+        except Exception:  # the Tokenizer contract says it never raises; a broken one must not break routing
+            ids = None
+        if ids is None:
             self.errors_tokenize += 1
+        return ids
+
+    async def lookup(self, prompt_text: str, messages: Sequence[Any] | None = None) -> dict[str, int]:
+        """``{cluster: matched_tokens}`` for the prompt (or chat ``messages``); ``{}`` on any error or timeout."""
+        tokens = await self.tokens(prompt_text, messages)
+        if tokens is None:
+            self.lookups += 1
             return {}
         return await self.lookup_tokens(tokens)
+
+    async def cached_fractions(self, prompt_text: str, messages: list[Any] | None) -> dict[str, float] | None:
+        """Per Envoy cluster, the share (0..1) of the prompt's tokens the controller says that instance holds;
+        ``None`` when there is no answer (no tokens, no match, an error or a timeout: all counted).
+
+        Chat requests (``messages`` not None) are tokenized as the backend tokenizes them, through the chat
+        template. Never raises.
+        """
+        tokens = await self.tokens(prompt_text, messages)
+        if tokens is None:
+            self.lookups += 1
+            return None
+        matches = await self.lookup_tokens(tokens)
+        if not matches or not tokens:
+            return None
+        return {cluster: min(1.0, matched / len(tokens)) for cluster, matched in matches.items()}
 
     async def lookup_tokens(self, tokens: Sequence[int]) -> dict[str, int]:
         """Like :meth:`lookup`, for already tokenized prompts."""
@@ -215,3 +247,28 @@ class LMCacheIndex:
         if matches:
             self.hits += 1
         return matches
+
+
+class _LMCacheCollector(Collector):
+    def __init__(self, index: LMCacheIndex) -> None:
+        self.index = index
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        index = self.index
+        yield CounterMetricFamily("extproc_kv_index_lookups", "LMCache controller lookups", value=index.lookups)
+        yield CounterMetricFamily(
+            "extproc_kv_index_hits", "LMCache lookups that matched a known instance", value=index.hits
+        )
+        errors = CounterMetricFamily(
+            "extproc_kv_index_errors",
+            "LMCache lookups that failed, by reason (routing used its own index)",
+            labels=["reason"],
+        )
+        for reason in ("timeout", "connect", "http", "parse", "tokenize", "other"):
+            errors.add_metric([reason], getattr(index, f"errors_{reason}"))
+        yield errors
+        yield CounterMetricFamily(
+            "extproc_kv_index_unknown_instances",
+            "Instances in LMCache answers missing from --lmcache-instance-map",
+            value=index.unknown_instances,
+        )

@@ -8,7 +8,8 @@ in-process vLLM simulators, and for each one ``benchmarks/simulator/lmcache_work
 lmcache Python: it registers with the controller over ZMQ, heartbeats (which makes the fresh controller ask
 for a full sync), follows the simulator's ``/sim/requests`` and reports the full 256-token chunks of every
 prompt it serves. The test then asks the controller through :class:`LMCacheIndex` which instance holds the
-longest prefix of a new prompt.
+longest prefix of a new prompt, tokenizing as the simulator does: with the approximate tokenizer
+(``--tokenizer approx``) or with the instance's own ``/tokenize`` (``--tokenizer vllm:URL``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ import pytest
 
 from benchmarks.simulator import SimConfig, SimServer
 from benchmarks.simulator.lmcache_worker import DEFAULT_CHUNK_SIZE, READY_MARKER, chunk_hashes
-from benchmarks.simulator.tokenizer import encode
-from extproc.kv_index import LMCacheIndex, best_match, simulator_tokenizer
+from extproc.kv_index import LMCacheIndex, best_match
+from extproc.tokenization import ApproxTokenizer, VLLMTokenizer
+from extproc.tokenization.approx import encode
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "benchmarks" / "simulator" / "lmcache_worker.py"
@@ -196,11 +198,17 @@ async def test_lookup_finds_the_instance_with_the_longest_prefix(controller: Con
         longer_chunks = len(encode(LONGER)) // CHUNK
         assert shared_chunks == 8 and longer_chunks == 18
         instance_map = {"lmc-a": "vllm-1", "lmc-b": "vllm-2"}
-        async with LMCacheIndex(controller.url, instance_map, simulator_tokenizer(), timeout_s=2.0) as index:
+        async with LMCacheIndex(controller.url, instance_map, ApproxTokenizer(), timeout_s=2.0) as index:
             query = LONGER + " and a new question at the end"
             expected = {"vllm-1": shared_chunks * CHUNK, "vllm-2": longer_chunks * CHUNK}
             assert await _until(index, query, expected) == expected
             assert best_match(expected) == ("vllm-2", 18 * CHUNK)
+            # The instance's own /tokenize gives the same ids, hence the same answer.
+            tokenize = VLLMTokenizer(sim2.url, timeout_s=2.0)
+            async with LMCacheIndex(controller.url, instance_map, tokenize, timeout_s=2.0) as via_vllm:
+                assert await via_vllm.lookup(query) == expected
+                fractions = await via_vllm.cached_fractions(query, None)
+                assert fractions == {k: v / len(encode(query)) for k, v in expected.items()}
 
             # A prompt only vllm-1 has seen beyond the shared part: its own chunks are attributed to it.
             other_query = OTHER + " follow-up"
@@ -245,7 +253,7 @@ def test_gateway_routes_by_the_controllers_answer(controller: Controller) -> Non
     from tests.conftest import stack_options
 
     options = stack_options(with_a2a=False, extproc_args=("--kv-index", "lmcache", "--lmcache-url", controller.url,
-                                                          "--lmcache-timeout", "1.0"))
+                                                          "--lmcache-timeout", "1.0", "--tokenizer", "approx"))
     with Stack(options) as stack:
         workers = [_start_worker(controller, name, stack.simulator_url(name)) for name in stack.simulators]
         try:
@@ -254,8 +262,7 @@ def test_gateway_routes_by_the_controllers_answer(controller: Controller) -> Non
             for name, prompt in prompts.items():  # warm each instance directly, not through the gateway
                 assert httpx.post(f"{stack.simulator_url(name)}/v1/completions",
                                   json={"prompt": prompt, "max_tokens": 2}, timeout=30).status_code == 200
-            index = LMCacheIndex(controller.url, {n: n for n in stack.simulators}, simulator_tokenizer(),
-                                 timeout_s=1.0)
+            index = LMCacheIndex(controller.url, {n: n for n in stack.simulators}, ApproxTokenizer(), timeout_s=1.0)
             for name, prompt in prompts.items():
                 asyncio.run(_until(index, prompt + " tail", {name: (len(encode(prompt)) // CHUNK) * CHUNK}))
             for name, prompt in prompts.items():
