@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from extproc.config import Backend, Settings
-from extproc.datastore.poller import BackendLoad, parse_vllm_metrics
 from extproc.datastore.endpoints import Endpoints
+from extproc.datastore.poller import BackendLoad, parse_vllm_metrics
 from extproc.datastore.prefix_index import block_hashes
 from extproc.datastore.workflows import WorkflowTable
 from extproc.metadata import ContextSharing, WorkflowMetadata
@@ -176,7 +176,8 @@ def test_pure_least_load_prefers_the_workflows_instance_on_ties() -> None:
 def test_priority_widens_the_bound() -> None:
     r = loaded_router(0.5)
     home = home_of(r, "w")
-    r.endpoints.publish({home: BackendLoad(running=7)})  # over the slack for priority 1 (4), within it for priority 2 (8)
+    # over the slack for priority 1 (4), within it for priority 2 (8)
+    r.endpoints.publish({home: BackendLoad(running=7)})
     assert route(r, WorkflowMetadata("w", workflow_priority=2.0), 1.0).instance == home
     assert route(r, WorkflowMetadata("w", workflow_priority=1.0), 2.0).instance != home
 
@@ -191,7 +192,8 @@ def test_parallel_agents_do_not_move_a_workflow_at_the_default_preference() -> N
 
 def test_overloaded_or_full_instances_get_no_new_workflows() -> None:
     r = loaded_router(0.8)
-    r.endpoints.publish({"vllm-1": BackendLoad(running=30, waiting=10), "vllm-2": BackendLoad(kv_usage=0.99, waiting=1)})
+    r.endpoints.publish({"vllm-1": BackendLoad(running=30, waiting=10),
+                         "vllm-2": BackendLoad(kv_usage=0.99, waiting=1)})
     assert {route(r, wf(f"n{i}"), 0.0).instance for i in range(20)} == {"vllm-3"}
 
 
