@@ -91,11 +91,21 @@ def create_app(store: Store, settings: Settings, *, fast_path: bool = True) -> A
         # A trailing slash (e.g. a decoded %2F in an id) is a 404 JSON error, not a bodiless 307 redirect.
         redirect_slashes=False,
     )
-    metrics = Metrics()
     hot = HotPaths(store, settings, auth)
     app.hot = hot if fast_path else None
-
     # Fixed paths first, so that they are never taken for a workflow id.
+    _add_fixed_workflow_routes(app, hot)
+    _add_message_routes(app, hot)
+    _add_workflow_routes(app, hot)
+    _add_service_routes(app, hot, Metrics())
+    _install_error_handlers(app)
+    _declare_bearer(app, required=auth is not None)
+    return app
+
+
+def _add_fixed_workflow_routes(app: A2AApp, hot: HotPaths) -> None:
+    store, settings = hot.store, hot.settings
+
     @app.get("/v1/workflows/stats", response_model=SystemStatsOut, tags=["workflows"])
     async def get_stats(request: Request) -> Response:
         """System-wide figures (monotonic counters since start, plus current gauges). Admin."""
@@ -115,6 +125,8 @@ def create_app(store: Store, settings: Settings, *, fast_path: bool = True) -> A
         records = _wire.parse_records(await hot.read_body(request.scope, request.receive), settings)
         return Response(_wire.encode(await store.record(records)), media_type=JSON)
 
+
+def _add_message_routes(app: A2AApp, hot: HotPaths) -> None:
     @app.post(
         "/v1/workflows/{workflow_id}/messages",
         status_code=201,
@@ -131,7 +143,7 @@ def create_app(store: Store, settings: Settings, *, fast_path: bool = True) -> A
         "/v1/workflows/{workflow_id}/agents/{agent_id}/messages",
         response_model=ReceiveResult,
         responses=ERRORS,
-        openapi_extra=receive_params_doc(settings),
+        openapi_extra=receive_params_doc(hot.settings),
         tags=["messages"],
     )
     async def receive_messages(workflow_id: WorkflowId, agent_id: AgentId, request: Request) -> Response:
@@ -148,6 +160,10 @@ def create_app(store: Store, settings: Settings, *, fast_path: bool = True) -> A
     async def ack_messages(workflow_id: WorkflowId, agent_id: AgentId, request: Request) -> Response:
         """Acknowledge messages received with `ack=true`; unknown ids are listed in `not_found`."""
         return Response(await hot.ack(workflow_id, agent_id, request.scope, request.receive), media_type=JSON)
+
+
+def _add_workflow_routes(app: A2AApp, hot: HotPaths) -> None:
+    store, auth = hot.store, hot.auth
 
     @app.get(
         "/v1/workflows/{workflow_id}/status", response_model=WorkflowStatusOut, responses=ERRORS, tags=["workflows"]
@@ -181,6 +197,10 @@ def create_app(store: Store, settings: Settings, *, fast_path: bool = True) -> A
         token, expires_at = auth.issue(workflow_id, agent_id, ttl)
         return Response(_wire.encode({"token": token, "expires_at": expires_at}), media_type=JSON)
 
+
+def _add_service_routes(app: A2AApp, hot: HotPaths, metrics: Metrics) -> None:
+    store = hot.store
+
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(await store.stats()), media_type=CONTENT_TYPE)
@@ -195,10 +215,6 @@ def create_app(store: Store, settings: Settings, *, fast_path: bool = True) -> A
         except A2AError as exc:
             return _error_response(exc)
         return Response(b'{"status":"ok"}', media_type=JSON)
-
-    _install_error_handlers(app)
-    _declare_bearer(app, required=auth is not None)
-    return app
 
 
 def _declare_bearer(app: FastAPI, *, required: bool) -> None:

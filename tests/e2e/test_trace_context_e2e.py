@@ -126,7 +126,7 @@ def test_a2a_logs_carry_the_trace_id(traced_stack: Stack, route: str) -> None:
     trace_id, span_id = _ids()
     headers = {"traceparent": f"00-{trace_id}-{span_id}-01"}
     workflow_id = f"wf-a2a-{uuid.uuid4().hex[:8]}"
-    if route == "hot-path send":  # answered ahead of FastAPI (a2a_service/_http.py HotPaths)
+    if route == "hot-path send":  # answered ahead of FastAPI (a2a_service/_transports/_http_hot.py HotPaths)
         response = httpx.post(f"{traced_stack.url}/v1/workflows/{workflow_id}/messages", headers=headers,
                               json={"source_agent": "a", "target_agent": "b", "ttl": -1}, timeout=30)
         assert response.status_code in (400, 422), response.text
