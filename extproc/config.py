@@ -111,6 +111,8 @@ class Settings:
     workflow_ttl: float = DEFAULT_WORKFLOW_TTL_S
     max_workflows: int = DEFAULT_MAX_WORKFLOWS
     batching_preference: float = DEFAULT_BATCHING_PREFERENCE
+    scheduling_config: str | None = None  # YAML/JSON profiles (extproc/scheduling/profiles.py); None = defaults
+    scorer_weights: str = ""  # name=weight,... overriding the profiles' scorer weights
     keep_workflow_metadata: bool = False
     a2a_url: str | None = None
     store: str = "memory"
@@ -148,6 +150,9 @@ class Settings:
             raise ValueError("--max-workflows must be >= 1")
         if not 0.0 <= self.batching_preference <= 1.0:
             raise ValueError("--batching-preference must be within 0.0..1.0")
+        from extproc.scheduling.profiles import parse_weights  # syntax only; the file is read at start
+
+        parse_weights(self.scorer_weights)
         if self.store != "memory" and not self.store.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("--store must be 'memory' or a redis:// URL")
         if self.kv_index not in ("local", "lmcache"):
@@ -235,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="workflows remembered at most; the least recently used one is evicted beyond it")
     add("--batching-preference", type=float, default=_env("batching-preference", DEFAULT_BATCHING_PREFERENCE),
         help="0.0-1.0: how strongly workflow affinity wins over load balance")
+    add("--scheduling-config", default=_env("scheduling-config", None),
+        help="YAML/JSON file of scheduling profiles: filters, scorers with weights, picker, plugin parameters "
+        "(docs/architecture.md; default: the built-in profiles)")
+    add("--scorer-weights", default=_env("scorer-weights", ""),
+        help="name=weight,... overriding scorer weights in every profile (e.g. prefix=3,queue=2,kv-headroom=2)")
     add("--keep-workflow-metadata", type=_bool, nargs="?", const=True,
         default=_bool(_env("keep-workflow-metadata", False) or ""),
         help="forward workflow_metadata to the backend instead of stripping it from the body")
@@ -307,6 +317,8 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         workflow_ttl=ns.workflow_ttl,
         max_workflows=ns.max_workflows,
         batching_preference=ns.batching_preference,
+        scheduling_config=ns.scheduling_config or None,
+        scorer_weights=ns.scorer_weights,
         keep_workflow_metadata=ns.keep_workflow_metadata,
         a2a_url=ns.a2a_url or None,
         store=ns.store,
