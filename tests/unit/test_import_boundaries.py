@@ -13,13 +13,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("extproc", "a2a_service")
 FORBIDDEN = "benchmarks"
 
-# (file, imported module) pairs tolerated for now, each with its reason. Empty it, don't grow it.
-KNOWN: dict[tuple[str, str], str] = {
-    # The ext_proc core is being rewritten; its KV lookup moves to LMCacheIndex.cached_fractions.
-    ("extproc/servicer.py", "benchmarks.simulator.tokenizer"): "ExtProcServicer._kv_lookup, being replaced",
-    ("extproc/handlers/server.py", "benchmarks.simulator.tokenizer"): "ExtProcServicer._kv_lookup, being replaced",
-}
-
 
 def _imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
     found: list[tuple[int, str]] = []
@@ -36,15 +29,15 @@ def _imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
     return found
 
 
-def _offenders() -> dict[tuple[str, str], int]:
-    out: dict[tuple[str, str], int] = {}
+def _offenders() -> list[str]:
+    out: list[str] = []
     for package in PRODUCT:
         for path in sorted((ROOT / package).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
             tree = ast.parse(path.read_text(encoding="utf-8"), filename=rel)
             for line, module in _imported_modules(tree):
                 if module == FORBIDDEN or module.startswith(FORBIDDEN + "."):
-                    out.setdefault((rel, module), line)
+                    out.append(f"{rel}:{line} imports {module}")
     return out
 
 
@@ -61,10 +54,7 @@ def test_the_ast_walk_finds_every_import_form() -> None:
 
 
 def test_no_product_module_imports_benchmarks() -> None:
-    offenders = _offenders()
-    unexpected = {f"{path}:{line} imports {module}" for (path, module), line in offenders.items()
-                  if (path, module) not in KNOWN}  # fmt: skip
-    assert not unexpected, sorted(unexpected)
+    assert _offenders() == []
 
 
 def test_importing_the_product_loads_no_benchmarks_module() -> None:
