@@ -51,7 +51,7 @@ envoy-config: setup
 
 ## Regenerate docs/cli.md from the command-line parsers (a test fails when it is stale).
 docs: setup
-	$(PY) -m extproc.cli docs > docs/cli.md
+	$(PY) -m workflow_router.cli docs > docs/cli.md
 
 ## Quick versions of every benchmark (a few minutes); figures are printed, nothing is asserted.
 bench: setup

@@ -4,7 +4,7 @@
 the module that uses it); ``workflow-router <command> --help`` prints that parser's help. Commands are imported
 only when run, so ``workflow-router a2a`` loads neither the simulator nor the benchmarks.
 ``workflow-router docs`` prints docs/cli.md (every command, flag, environment variable and default), generated
-from the same parsers by extproc/_cli_docs.py.
+from the same parsers by workflow_router/_cli_docs.py.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if target is None:
         if args[:1] == ["docs"]:
-            from extproc._cli_docs import render_docs
+            from workflow_router._cli_docs import render_docs
 
             sys.stdout.write(render_docs())
             return 0

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
     ],
 )
 def test_the_servers_start_and_stop_through_the_cli(argv: list[str], listening: str, tmp_path: Path) -> None:
-    process = spawn(argv[0], [sys.executable, "-m", "extproc.cli", *argv], tmp_path)
+    process = spawn(argv[0], [sys.executable, "-m", "workflow_router.cli", *argv], tmp_path)
     try:
         ports = wait_for_line(process, listening, timeout=60).groups()
     finally:

@@ -1,5 +1,6 @@
-"""``workflow-router`` (extproc/cli.py): dispatch, help from the modules' own parsers, lazy imports, the seed's
-flag names with their environment variables, and docs/cli.md generated from the parsers (extproc/_cli_docs.py)."""
+"""``workflow-router`` (workflow_router/cli.py): dispatch, help from the modules' own parsers, lazy imports, the
+seed's flag names with their environment variables, and docs/cli.md generated from the parsers
+(workflow_router/_cli_docs.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from a2a_service.config import Settings as A2ASettings
-from extproc import _cli_docs as cli_docs
-from extproc import cli
 from extproc.config import settings_from_args
+from workflow_router import _cli_docs as cli_docs
+from workflow_router import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = ("extproc", "a2a", "sim")  # house rule: every server flag has an environment variable
@@ -23,7 +24,8 @@ SERVERS = ("extproc", "a2a", "sim")  # house rule: every server flag has an envi
 def test_docs_cli_md_is_generated_from_the_parsers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXTPROC_WORKFLOW_TTL", "5")  # the generator ignores the shell's settings
     committed = (ROOT / "docs" / "cli.md").read_text()
-    assert committed == cli_docs.render_docs(), "docs/cli.md is stale: run `python -m extproc.cli docs > docs/cli.md`"
+    assert committed == cli_docs.render_docs(), (
+        "docs/cli.md is stale: run `python -m workflow_router.cli docs > docs/cli.md`")
 
 
 def test_docs_list_every_flag_of_every_available_command() -> None:
@@ -110,7 +112,7 @@ def test_a_command_runs_the_module_main(capsys: pytest.CaptureFixture[str]) -> N
 
 _PROBE = """
 import json, sys
-from extproc.cli import main
+from workflow_router.cli import main
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
 """
@@ -142,7 +144,7 @@ def test_commands_are_imported_lazily(argv: list[str], forbidden: tuple[str, ...
 
 
 def test_python_dash_m_extproc_cli_works() -> None:
-    done = subprocess.run([sys.executable, "-m", "extproc.cli", "--version"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "workflow_router.cli", "--version"], capture_output=True, text=True,
                           timeout=60, cwd=ROOT, check=False)
     assert done.returncode == 0 and done.stdout.strip() == f"{cli.PROG} {dist_version(cli.DISTRIBUTION)}"
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from extproc import cli
+from workflow_router import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
@@ -120,7 +120,7 @@ def _scripts() -> dict[str, str]:
     """Console script -> module, from pyproject (plus workflow-router until the lead adds it there)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     scripts = {name: target.partition(":")[0] for name, target in project.get("scripts", {}).items()}
-    scripts.setdefault(cli.PROG, "extproc.cli")
+    scripts.setdefault(cli.PROG, "workflow_router.cli")
     return scripts
 
 
@@ -194,7 +194,7 @@ def _parse_with(parser_factory: object, args: list[str], env: dict[str, str]) ->
 
 def check_module(module: str, args: list[str], env: dict[str, str]) -> str | None:
     """None if ``python -m module args`` parses; else the problem."""
-    if module == "extproc.cli":
+    if module == "workflow_router.cli":
         return check_cli(args, env)
     module = _MODULE_ALIASES.get(module, module)
     for command in [*cli.COMMANDS.values(), *cli.BENCHMARKS.values()]:
