@@ -32,7 +32,7 @@ from .config import (
     SimConfig,
 )
 from .engine import SCHEDULING_POLICIES
-from .kv_events import ENCODINGS, parse_kv_events_config
+from .kv_events_config import ENCODINGS, parse_kv_events_config
 from .profile import DEFAULT_PROFILE, load_profile, profile_field_types
 from .server import serve
 

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.applications import Starlette
@@ -33,7 +33,6 @@ from .config import INSTANCE_HEADER, SimConfig
 from .driver import AsyncEngine, RequestHandle, StepObserver
 from .engine import Engine, EngineRequest, SeqState
 from .errors import BadRequestError, SimulatorError
-from .kv_events import KVEventsPublisher
 from .metrics import CONTENT_TYPE, SimMetrics
 from .protocol import (
     ParsedRequest,
@@ -49,6 +48,9 @@ from .protocol import (
     tokenize_response,
     usage,
 )
+
+if TYPE_CHECKING:
+    from .kv_events import KVEventsPublisher
 
 __all__ = ["Faults", "SimInstance", "create_app"]
 
@@ -144,6 +146,8 @@ class SimInstance:
 
     async def start(self) -> None:
         if self.kv_events is None and self._kv_events_config is not None:
+            from .kv_events import KVEventsPublisher  # pyzmq and msgspec only when events are on
+
             self.kv_events = KVEventsPublisher(
                 self.engine.kv,
                 self._kv_events_config,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from .block_hash import HASH_ALGOS, HashAlgo
 from .engine import SCHEDULING_POLICIES, SchedulingPolicy
-from .kv_events import ENCODINGS, Encoding, KVEventsConfig
+from .kv_events_config import ENCODINGS, Encoding, KVEventsConfig
 from .profile import Profile, load_profile
 
 __all__ = [
