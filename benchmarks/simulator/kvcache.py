@@ -163,9 +163,6 @@ class KVCache:
     def num_cached_blocks(self) -> int:
         return len(self._cached)
 
-    def allocation(self, request_id: str) -> Allocation | None:
-        return self._allocs.get(request_id)
-
     # --- mutations ------------------------------------------------------------------------------------------
     def allocate(
         self,

@@ -307,15 +307,6 @@ class SimLMCacheWorker:
         self.evicted += len(evict)
         return len(admitted)
 
-    async def evict_tokens(self, tokens: Sequence[int]) -> int:
-        """Drop the chunks of ``tokens`` this worker holds; report them. Returns chunks evicted."""
-        gone = [key for _, _, key in chunk_hashes(tokens, self.chunk_size) if key in self.keys]
-        for key in gone:
-            del self.keys[key]
-        await self._ops("evict", gone)
-        self.evicted += len(gone)
-        return len(gone)
-
     async def clear(self) -> int:
         """Drop everything (``ClearWorkerMsg``); returns the number of tokens dropped."""
         keys = list(self.keys)

@@ -65,10 +65,6 @@ class Profile:
     def replace(self, **changes: Any) -> Profile:
         return dataclasses.replace(self, **changes).validate()
 
-    @property
-    def kv_capacity_tokens(self) -> int:
-        return self.num_gpu_blocks * self.block_size
-
 
 def profile_field_types() -> dict[str, type]:
     """Field name -> Python type (int, float or str), for building CLI flags."""
