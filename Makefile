@@ -19,11 +19,12 @@ setup: $(STAMP)
 run: setup
 	$(PY) -m benchmarks.stack $(ARGS)
 
-## Lint, then every test (unit + end-to-end through a real Envoy): two worker processes (one test file each at a
+## Lint (ruff, mypy), then every test (unit + end-to-end through a real Envoy): two worker processes (one test file each at a
 ## time), then the fault-injection suite on its own, since it measures load held while faults are injected.
 ## `make test ARGS="tests/unit"` runs only what ARGS names, in one process.
 test: setup autogen-venv
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 ifeq ($(strip $(ARGS)),)
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "not resilience"
 	$(PY) -m pytest -q -m resilience
@@ -31,8 +32,10 @@ else
 	$(PY) -m pytest -q $(ARGS)
 endif
 
+## ruff, and mypy (strict on extproc/, a2a_service/ and workflow_router/; the files are listed in pyproject.toml).
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
