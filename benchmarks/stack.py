@@ -1,7 +1,10 @@
 """Start and stop the local stack: simulated vLLM instances, the ext_proc server, the A2A service and Envoy.
 
 ``python -m benchmarks.stack`` (what ``make run`` calls) starts everything, runs the demo workflow and serves
-until Ctrl-C. Tests and benchmarks use ``Stack`` directly, usually with port 0 everywhere.
+until Ctrl-C or SIGTERM (both stop it cleanly, exit status 0). While it serves, a simulated instance that dies
+is reported and the rest keeps serving (``--restart-instances`` starts it again on its port); a dead Envoy,
+ext_proc, A2A service or Redis stops the stack (benchmarks/_stack_supervisor.py). Tests and benchmarks use
+``Stack`` directly, usually with port 0 everywhere; nothing restarts what they kill.
 
 Every child is started with PR_SET_PDEATHSIG so it dies with this process even on SIGKILL, and ``Stack.stop``
 sends SIGTERM, waits, then SIGKILLs what is left: no orphans.
@@ -28,6 +31,12 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks._stack_supervisor import (
+    DEFAULT_RESTART_BACKOFF_S,
+    DEFAULT_RESTART_MAX_BACKOFF_S,
+    RestartPolicy,
+    Supervisor,
+)
 from extproc.envoy_config import Endpoint, EnvoyOptions, to_yaml
 
 _PR_SET_PDEATHSIG = 1
@@ -220,7 +229,11 @@ class Stack:
                 "--name", name, "--time-scale", str(self.options.time_scale),
                 "--log-level", self.options.log_level, *self.options.sim_args]
         process = spawn(name, argv, self.run_dir)
-        process.ports["http"] = int(wait_for_line(process, r"VLLM_SIM_LISTENING port=(\d+)").group(1))
+        try:
+            process.ports["http"] = int(wait_for_line(process, r"VLLM_SIM_LISTENING port=(\d+)").group(1))
+        except BaseException:  # not ready (or the launcher is stopping): leave no untracked process behind
+            process.kill()
+            raise
         self.simulators[name] = process
         self.backends[name] = process.ports["http"]
         return process
@@ -404,11 +417,18 @@ class Stack:
 
 
 # --- make run ----------------------------------------------------------------------------------------------
+POLL_INTERVAL_S = 0.2  # how often the serving launcher looks for dead children
+
+
+def _bool(text: str | bool) -> bool:
+    return text if isinstance(text, bool) else text.strip().lower() in {"1", "true", "yes", "on"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="workflow-stack",
         description="Start the local stack (Envoy, ext_proc, A2A, simulated vLLM fleet), run the demo workflow "
-        "and serve until Ctrl-C.",
+        "and serve until Ctrl-C or SIGTERM (exit status 0).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     env = os.environ.get
@@ -425,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ext_proc and A2A replicas; more than one shares state through Redis")
     parser.add_argument("--redis", default=env("STACK_REDIS"),
                         help="redis:// URL for --replicas > 1 (default: start a private redis-server)")
+    parser.add_argument("--restart-instances", type=_bool, nargs="?", const=True,
+                        default=_bool(env("STACK_RESTART_INSTANCES", "")),
+                        help="start a simulated instance that died again on its port, after a backoff "
+                        f"({DEFAULT_RESTART_BACKOFF_S:g} s doubling to {DEFAULT_RESTART_MAX_BACKOFF_S:g} s); off: it "
+                        "stays down and the others serve its workflows. Envoy, ext_proc, A2A or Redis dying stops "
+                        "the stack either way")
     parser.add_argument("--no-demo", action="store_true", help="start the stack without running the demo")
     parser.add_argument("--exit-after-demo", action="store_true", help="stop the stack after the demo")
     parser.add_argument("--log-level", default=env("STACK_LOG_LEVEL", "info"))
@@ -434,6 +460,54 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
+
+
+_stop_signal: list[int] = []  # the signal that stopped the launcher
+
+
+def _on_stop_signal(signum: int, _frame: object) -> None:
+    # SIGTERM and SIGINT unwind whatever the launcher is doing (start-up, the demo, a restart, serving) as a
+    # KeyboardInterrupt, so `with Stack` stops every child. A group signal (`kill -- -PGID`, Ctrl-C) also
+    # reaches the children: their exits are then the stop, not a failure. Later signals are ignored so that
+    # they cannot cut the stop short (Process.stop SIGKILLs whatever outlives its timeout).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stop_signal.append(signum)
+    # os.write, not print: the signal may have interrupted a print (buffered writers are not reentrant).
+    os.write(sys.stdout.fileno(), f"\nstopping ({signal.Signals(signum).name}) ...\n".encode())
+    raise KeyboardInterrupt
+
+
+def _print_endpoints(stack: Stack) -> None:
+    print(f"Envoy        {stack.url}   (admin {stack.admin_url})")
+    for name, process in stack.simulators.items():
+        print(f"{name:<12} {stack.simulator_url(name)}  (simulated vLLM, pid {process.popen.pid})")
+    for process in stack.extprocs:
+        print(f"ext_proc     grpc :{process.ports['grpc']}  metrics http://127.0.0.1:{process.ports['metrics']}/metrics")
+    for process in stack.a2as:
+        print(f"A2A          http://127.0.0.1:{process.ports['http']}/docs  grpc :{process.ports['grpc']}")
+    if stack.redis_url is not None:
+        print(f"Redis        {stack.redis_url}  (shared state of the replicas)")
+    print(flush=True)
+
+
+def _serve(ns: argparse.Namespace, options: StackOptions) -> int:
+    with Stack(options) as stack:
+        _print_endpoints(stack)
+        if not ns.no_demo:
+            from benchmarks.demo import run_demo
+
+            asyncio.run(run_demo(stack.url))
+        if ns.exit_after_demo:
+            return 0
+        restart = RestartPolicy() if ns.restart_instances else None
+        supervisor = Supervisor(stack, restart, log=lambda line: print(line, flush=True))
+        print(f"\nserving (instance restarts {'on' if restart else 'off'}); press Ctrl-C to stop", flush=True)
+        while (dead := supervisor.poll()) is None:
+            time.sleep(POLL_INTERVAL_S)
+        print(f"stopping: {dead} exited and the stack cannot serve without it (see {options.run_dir}/{dead}.log)",
+              flush=True)
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -446,45 +520,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         extproc_replicas=ns.replicas, a2a_replicas=ns.replicas,
         redis=(ns.redis or "private") if ns.replicas > 1 else ns.redis,
     )
-    stop = False
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    signal.signal(signal.SIGINT, _on_stop_signal)
     print(f"starting the stack (logs in {options.run_dir}/) ...", flush=True)
-    with Stack(options) as stack:
-        print(f"Envoy        {stack.url}   (admin {stack.admin_url})")
-        for name, process in stack.simulators.items():
-            print(f"{name:<12} {stack.simulator_url(name)}  (simulated vLLM, pid {process.popen.pid})")
-        for process in stack.extprocs:
-            print(f"ext_proc     grpc :{process.ports['grpc']}  metrics http://127.0.0.1:{process.ports['metrics']}/metrics")
-        for process in stack.a2as:
-            print(f"A2A          http://127.0.0.1:{process.ports['http']}/docs  grpc :{process.ports['grpc']}")
-        if stack.redis_url is not None:
-            print(f"Redis        {stack.redis_url}  (shared state of the replicas)")
-        print(flush=True)
-        if not ns.no_demo:
-            from benchmarks.demo import run_demo
-
-            asyncio.run(run_demo(stack.url))
-        if ns.exit_after_demo:
-            return 0
-        print("\nserving; press Ctrl-C to stop", flush=True)
-        try:
-            while not stop:
-                time.sleep(0.5)
-                dead = [p.name for p in [stack.envoy, *stack.extprocs, *stack.a2as, *stack.simulators.values(),
-                                         stack.redis] if p is not None and not p.alive()]
-                if dead:
-                    print(f"stopping: {', '.join(dead)} exited (see {options.run_dir}/)", flush=True)
-                    return 1
-        except KeyboardInterrupt:
-            pass
-        print("\nstopping ...", flush=True)
+    try:
+        code = _serve(ns, options)
+    except KeyboardInterrupt:  # SIGTERM or Ctrl-C: Stack.__exit__ has stopped every child
+        name = signal.Signals(_stop_signal[0]).name if _stop_signal else "SIGINT"
+        print(f"\nstopped ({name})", flush=True)
+        return 0
     print("stopped", flush=True)
-    return 0
+    return code
 
 
 if __name__ == "__main__":
