@@ -15,7 +15,7 @@ import httpx
 import orjson
 
 from benchmarks.compare_routers._contenders import MODEL, Contender, RunSettings
-from benchmarks.workload import Plan, Workflow
+from benchmarks.workload import Plan, Workflow, request_id
 
 
 @dataclass
@@ -121,8 +121,10 @@ def request_body(workflow: Workflow, agent: int, prompt: str, contender: Contend
         "stream": True, "stream_options": {"include_usage": True},
     }
     if contender.metadata:
-        body["workflow_metadata"] = {"workflow_id": workflow.workflow_id, "agent_id": spec.name,
+        body["workflow_metadata"] = {"workflow_id": workflow.workflow_id, "agent_id": spec.metadata_agent_id,
                                      "context_sharing_strategy": "auto"}
+        if spec.parent is not None:
+            body["workflow_metadata"]["parent_request_id"] = request_id(workflow, spec.parent)
     return body
 
 
@@ -142,6 +144,8 @@ async def run_workflow(
         deps = workflow.agents[index].depends_on
         if deps:
             await asyncio.gather(*(tasks[d] for d in deps))
+        if workflow.agents[index].delay_s:  # a tool call's duration, or a trace request's arrival offset
+            await asyncio.sleep(workflow.agents[index].delay_s * settings.time_scale)
         prompt = workflow.prompt(index, outputs)
         record = RequestRecord(workflow.workflow_id, workflow.agents[index].name, prompt=prompt)
         records.append(record)

@@ -15,6 +15,8 @@ from benchmarks.workload import (
     WorkloadConfig,
     estimate_tokens,
     generate,
+    offered_prompt_tokens,
+    request_id,
 )
 
 SMALL = WorkloadConfig(workflows=12, arrival_rate=1.0, system_tokens=50, role_tokens=80,
@@ -152,3 +154,90 @@ def test_estimate_matches_the_simulator_tokenizer() -> None:
 def test_invalid_configs_are_rejected(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         generate(replace(SMALL, **bad), random.Random(0))  # type: ignore[arg-type]
+
+
+# --- the fan-out and tool-loop shapes --------------------------------------------------------------------
+def test_fan_out_shape_is_all_fan_outs_with_siblings_naming_the_planner_as_parent() -> None:
+    plan = generate(replace(SMALL, shape="fan-out", fanout_workers=(4, 6)), random.Random(11))
+    for workflow in plan.workflows:
+        assert workflow.topology == FANOUT
+        agents = workflow.agents
+        siblings = agents[1:-1]
+        assert 4 <= len(siblings) <= 6
+        assert agents[0].parent is None and agents[0].depends_on == ()
+        # Siblings: same parent (the planner), no dependency on each other, so they run concurrently.
+        assert all(s.parent == 0 and s.depends_on == (0,) for s in siblings)
+        assert request_id(workflow, siblings[0].parent) == f"{workflow.workflow_id}.{agents[0].name}"
+        # The aggregator reads every sibling's output.
+        outputs = outputs_for(len(agents))
+        aggregator = workflow.prompt(len(agents) - 1, outputs)
+        assert all(outputs[s.index] in aggregator for s in siblings)
+        # Each sibling: the shared context first, its own sub-task last.
+        prompts = [workflow.prompt(s.index, outputs) for s in siblings]
+        assert all(p.startswith("\n\n".join([plan.system_prompt, workflow.context])) for p in prompts)
+        assert len({p.rsplit("\n\n", 1)[1] for p in prompts}) == len(siblings)
+
+
+def test_fan_out_metadata_carries_the_parent_request_id() -> None:
+    from benchmarks.compare_routers import CONTENDERS, request_body
+
+    plan = generate(replace(SMALL, shape="fan-out"), random.Random(12))
+    workflow = plan.workflows[0]
+    sibling = workflow.agents[1]
+    body = request_body(workflow, 1, "p", CONTENDERS["workflow-aware"])
+    assert body["workflow_metadata"] == {"workflow_id": workflow.workflow_id, "agent_id": sibling.name,
+                                         "context_sharing_strategy": "auto",
+                                         "parent_request_id": request_id(workflow, 0)}
+    assert "parent_request_id" not in request_body(workflow, 0, "p", CONTENDERS["workflow-aware"])[
+        "workflow_metadata"]
+    assert "workflow_metadata" not in request_body(workflow, 1, "p", CONTENDERS["prefix-aware"])
+    from extproc.metadata import parse_metadata
+
+    assert parse_metadata(body["workflow_metadata"]).parent_request_id == request_id(workflow, 0)
+
+
+def test_tool_loop_turns_grow_append_only_with_pauses_between_them() -> None:
+    config = replace(SMALL, shape="tool-loop", tool_turns=(3, 5), tool_agents=(1, 2), tool_pause_s=(2.0, 4.0),
+                     tool_result_tokens=(20, 40))
+    plan = generate(config, random.Random(13))
+    from benchmarks.simulator.tokenizer import encode
+
+    agent_counts = set()
+    for workflow in plan.workflows:
+        turns = workflow.agents
+        assert 3 <= len(turns) <= 5
+        assert turns[0].delay_s == 0.0 and turns[0].depends_on == ()
+        assert all(t.depends_on == (t.index - 1,) and t.parent == t.index - 1 for t in turns[1:])
+        assert all(2.0 <= t.delay_s <= 4.0 for t in turns[1:])
+        assert all(20 <= estimate_tokens(t.tool_result) <= 45 for t in turns)
+        agent_counts.add(len({t.agent_id for t in turns}))
+        outputs = {t.index: " generated words of turn" for t in turns}
+        for k in range(1, len(turns)):
+            before, now = workflow.prompt(k - 1, outputs), workflow.prompt(k, outputs)
+            # The next turn = the previous prompt + its output + the tool result + the next cue ...
+            assert now.startswith(before + outputs[k - 1])
+            assert turns[k - 1].tool_result in now and now.endswith(turns[k].task)
+            # ... so its tokens extend the previous prompt's and output's tokens (all cacheable).
+            assert encode(now)[: len(encode(before + outputs[k - 1]))] == encode(before + outputs[k - 1])
+    assert agent_counts == {1, 2}
+
+
+def test_scaled_plan_stretches_arrivals_but_not_tool_pauses() -> None:
+    plan = generate(replace(SMALL, shape="tool-loop"), random.Random(14))
+    slow = plan.scaled(3.0)
+    for a, b in zip(plan.workflows, slow.workflows, strict=True):
+        assert b.arrival == pytest.approx(3.0 * a.arrival)
+        assert [t.delay_s for t in a.agents] == [t.delay_s for t in b.agents]
+    offered, offered_slow = offered_prompt_tokens(plan), offered_prompt_tokens(slow)
+    assert offered_slow["prompt_tokens"] == offered["prompt_tokens"]
+    assert offered_slow["tokens_per_s"] == pytest.approx(offered["tokens_per_s"] / 3.0)
+
+
+def test_existing_shapes_draw_the_same_plans_as_before() -> None:
+    # Figures of this plan before the fan-out / tool-loop shapes were added (checked against that code):
+    # context-first / role-first plans keep their random draws, so earlier results stay comparable.
+    plan = generate(SMALL, random.Random(0))
+    assert [len(w.agents) for w in plan.workflows] == [6, 5, 5, 5, 4, 5, 5, 6, 5, 5, 4, 5]
+    assert sum(a.max_tokens for w in plan.workflows for a in w.agents) == 700
+    assert plan.workflows[-1].arrival == pytest.approx(9.566403)
+    assert all(a.delay_s == 0.0 and a.fixed_prompt is None for w in plan.workflows for a in w.agents)
