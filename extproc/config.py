@@ -52,6 +52,11 @@ DEFAULT_DRAIN_DELAY_S = 1.0
 DEFAULT_POLL_INTERVAL_S = 0.1
 DEFAULT_POLL_TIMEOUT_S = 0.5
 DEFAULT_PREFIX_CAPACITY_BLOCKS = 31_250
+# Precise cache view from vLLM's KV events (docs/kv-events.md): the servers' block size and hash algorithm, and
+# the index's bound in (instance, block) pairs (~100 bytes each).
+DEFAULT_KV_BLOCK_SIZE = 16
+DEFAULT_KV_HASH_ALGO = "sha256_cbor"
+DEFAULT_KV_INDEX_MAX_BLOCKS = 1_000_000
 # Consecutive failed attempts after which an instance is marked down: responses 502/503/504, or responses another
 # instance served after Envoy retried away from it (connect failure, reset, per-try idle timeout: a hang).
 FAILURES_TO_MARK_DOWN = 3
@@ -121,6 +126,11 @@ class Settings:
     lmcache_instance_map: str = ""
     lmcache_timeout: float = 0.05
     tokenizer: str = "approx"  # how the KV index tokenizes like the backends (extproc/tokenization/_factory.py)
+    kv_events: str = ""  # name=tcp://host:port[;replay=URL][;topic=T],... (extproc/datastore/kv_events.py)
+    kv_block_size: int = DEFAULT_KV_BLOCK_SIZE
+    kv_hash_algo: str = DEFAULT_KV_HASH_ALGO
+    kv_hash_seed: str | None = None  # the PYTHONHASHSEED of the vLLM servers
+    kv_index_max_blocks: int = DEFAULT_KV_INDEX_MAX_BLOCKS
     poll_interval: float = DEFAULT_POLL_INTERVAL_S
     poll_timeout: float = DEFAULT_POLL_TIMEOUT_S
     prefix_routing: bool = True
@@ -162,6 +172,7 @@ class Settings:
         from extproc.tokenization import parse_tokenizer_spec  # syntax only; files are read at start
 
         parse_tokenizer_spec(self.tokenizer)
+        self._validate_kv_events()
         if self.poll_interval <= 0 or self.poll_timeout <= 0:
             raise ValueError("--poll-interval and --poll-timeout must be > 0")
         if self.max_grpc_message_bytes < 1024 or self.max_concurrent_streams < 1:
@@ -174,6 +185,20 @@ class Settings:
             raise ValueError("--cluster-header must be a non-empty lower-case header name")
         self._validate_gie_and_tls()
         return self
+
+    def _validate_kv_events(self) -> None:
+        if self.kv_block_size < 1 or self.kv_index_max_blocks < 1:
+            raise ValueError("--kv-block-size and --kv-index-max-blocks must be >= 1")
+        if self.kv_hash_algo != DEFAULT_KV_HASH_ALGO:
+            raise ValueError(f"--kv-hash-algo must be {DEFAULT_KV_HASH_ALGO!r} (the servers' prefix-caching hash)")
+        if self.kv_events:
+            from extproc.datastore.kv_events import parse_kv_events_spec
+
+            unknown = sorted(set(parse_kv_events_spec(self.kv_events)) - {b.cluster for b in self.backends})
+            if unknown:
+                raise ValueError(f"--kv-events names instances that are not backends: {', '.join(unknown)}")
+            if self.kv_hash_seed is None:
+                raise ValueError("--kv-events needs --kv-hash-seed (the PYTHONHASHSEED the vLLM servers run with)")
 
     def _validate_gie_and_tls(self) -> None:
         if self.destination_mode not in DESTINATION_MODES:
@@ -265,6 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="how --kv-index lmcache computes the backends' token ids: 'approx' (the simulator's ~4 chars/token), "
         "'hf:DIR' or 'hf:tokenizer.json[,config=tokenizer_config.json]' (the model's own tokenizer and chat "
         "template, local files) or 'vllm:URL[,model=NAME][,timeout=S]' (an instance's POST /tokenize)")
+    add("--kv-events", default=_env("kv-events", ""),
+        help="vLLM KV-event publishers for the precise cache view: name=tcp://host:port[;replay=tcp://host:port]"
+        "[;topic=T],... (the servers' --kv-events-config endpoint, replay_endpoint and topic; docs/kv-events.md)")
+    add("--kv-block-size", type=int, default=_env("kv-block-size", DEFAULT_KV_BLOCK_SIZE),
+        help="the servers' KV block size in tokens (vLLM --block-size)")
+    add("--kv-hash-algo", default=_env("kv-hash-algo", DEFAULT_KV_HASH_ALGO), choices=[DEFAULT_KV_HASH_ALGO],
+        help="the servers' --prefix-caching-hash-algo")
+    add("--kv-hash-seed", default=_env("kv-hash-seed", None),
+        help="the PYTHONHASHSEED the vLLM servers run with (their first block hash derives from it)")
+    add("--kv-index-max-blocks", type=int, default=_env("kv-index-max-blocks", DEFAULT_KV_INDEX_MAX_BLOCKS),
+        help="(instance, block) pairs the KV-event index holds at most (~100 bytes each); oldest dropped beyond")
     add("--poll-interval", type=float, default=_env("poll-interval", DEFAULT_POLL_INTERVAL_S),
         help="seconds between scrapes of each backend's /health and /metrics (backends need =url)")
     add("--poll-timeout", type=float, default=_env("poll-timeout", DEFAULT_POLL_TIMEOUT_S),
@@ -327,6 +363,11 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         lmcache_instance_map=ns.lmcache_instance_map,
         lmcache_timeout=ns.lmcache_timeout,
         tokenizer=ns.tokenizer,
+        kv_events=ns.kv_events,
+        kv_block_size=ns.kv_block_size,
+        kv_hash_algo=ns.kv_hash_algo,
+        kv_hash_seed=ns.kv_hash_seed or None,
+        kv_index_max_blocks=ns.kv_index_max_blocks,
         poll_interval=ns.poll_interval,
         poll_timeout=ns.poll_timeout,
         prefix_routing=ns.prefix_routing,
