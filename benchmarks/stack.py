@@ -465,13 +465,18 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 _stop_signal: list[int] = []  # the signal that stopped the launcher
 
 
+def _ignore_stop_signals() -> None:
+    # Once the stack is stopping, a further SIGTERM or Ctrl-C must not cut Stack.stop short (it SIGKILLs
+    # whatever outlives its timeout anyway).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _on_stop_signal(signum: int, _frame: object) -> None:
     # SIGTERM and SIGINT unwind whatever the launcher is doing (start-up, the demo, a restart, serving) as a
     # KeyboardInterrupt, so `with Stack` stops every child. A group signal (`kill -- -PGID`, Ctrl-C) also
-    # reaches the children: their exits are then the stop, not a failure. Later signals are ignored so that
-    # they cannot cut the stop short (Process.stop SIGKILLs whatever outlives its timeout).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # reaches the children: their exits are then the stop, not a failure.
+    _ignore_stop_signals()
     _stop_signal.append(signum)
     # os.write, not print: the signal may have interrupted a print (buffered writers are not reentrant).
     os.write(sys.stdout.fileno(), f"\nstopping ({signal.Signals(signum).name}) ...\n".encode())
@@ -493,24 +498,29 @@ def _print_endpoints(stack: Stack) -> None:
 
 def _serve(ns: argparse.Namespace, options: StackOptions) -> int:
     with Stack(options) as stack:
-        _print_endpoints(stack)
-        if not ns.no_demo:
-            from benchmarks.demo import run_demo
+        try:
+            _print_endpoints(stack)
+            if not ns.no_demo:
+                from benchmarks.demo import run_demo
 
-            asyncio.run(run_demo(stack.url))
-        if ns.exit_after_demo:
-            return 0
-        restart = RestartPolicy() if ns.restart_instances else None
-        supervisor = Supervisor(stack, restart, log=lambda line: print(line, flush=True))
-        print(f"\nserving (instance restarts {'on' if restart else 'off'}); press Ctrl-C to stop", flush=True)
-        while (dead := supervisor.poll()) is None:
-            time.sleep(POLL_INTERVAL_S)
-        print(f"stopping: {dead} exited and the stack cannot serve without it (see {options.run_dir}/{dead}.log)",
-              flush=True)
-    return 1
+                asyncio.run(run_demo(stack.url))
+            if ns.exit_after_demo:
+                return 0
+            restart = RestartPolicy() if ns.restart_instances else None
+            supervisor = Supervisor(stack, restart, log=lambda line: print(line, flush=True))
+            print(f"\nserving (instance restarts {'on' if restart else 'off'}); press Ctrl-C to stop", flush=True)
+            while (dead := supervisor.poll()) is None:
+                time.sleep(POLL_INTERVAL_S)
+            print(f"stopping: {dead} exited and the stack cannot serve without it "
+                  f"(see {options.run_dir}/{dead}.log)", flush=True)
+            return 1
+        finally:
+            _ignore_stop_signals()  # before Stack.__exit__ stops the children, however serving ended
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    signal.signal(signal.SIGINT, _on_stop_signal)
     ns = _parse(argv)
     options = StackOptions(
         instances=ns.instances, listen_port=ns.listen_port, admin_port=ns.admin_port,
@@ -520,8 +530,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         extproc_replicas=ns.replicas, a2a_replicas=ns.replicas,
         redis=(ns.redis or "private") if ns.replicas > 1 else ns.redis,
     )
-    signal.signal(signal.SIGTERM, _on_stop_signal)
-    signal.signal(signal.SIGINT, _on_stop_signal)
     print(f"starting the stack (logs in {options.run_dir}/) ...", flush=True)
     try:
         code = _serve(ns, options)
