@@ -47,12 +47,39 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_ratios(ratios: dict[str, Any]) -> str:
+    """The ratio rows: each contender's mean TTFT and mean workflow completion over ours-with-metadata's."""
+    per = ratios.get("per_contender")
+    if not per:
+        return "ratios: none (workflow-aware, ours with metadata, is not in this run or failed)"
+    width = max(len(n) for n in per)
+    lines = [f"ratio vs workflow-aware (>= 1.00: ours faster)  {'':<{max(0, width - 45)}}TTFT mean   WF mean  "
+             "sim TTFT"]
+    for name, row in per.items():
+        lines.append(f"  {name:<{width}} " + " ".join(_cell(row[k], 9, "{:.2f}") for k in ("ttft", "workflow",
+                                                                                          "sim_ttft")))
+    best = ratios.get("best_other") or {}
+    parts = [f"{k} {v['ratio']:.2f} ({v['contender']})" for k, v in best.items()]
+    verdict = "ours best" if ratios.get("ours_best") else "ours NOT best"
+    lines.append("  best other / ours: " + ", ".join(parts) + f" -> {verdict} (on mean TTFT and mean WF)")
+    return "\n".join(lines)
+
+
 def plan_figures(plan: Plan, settings: RunSettings) -> dict[str, Any]:
     summary = plan.summary()
-    # Distinct tokens the run puts in KV: shared system and role prompts once, every context, every output
-    # (each output is generated once and then re-read in later prompts).
+    # Distinct tokens the run puts in KV: shared system and role prompts once, every context (and tool
+    # result), every output (each output is generated once and then re-read in later prompts).
     distinct = (summary["system_tokens"] + summary["role_tokens_total"] + summary["context_tokens_total"]
                 + summary["output_tokens_total"])
+    fixed = [a.fixed_prompt for w in plan.workflows for a in w.agents if a.fixed_prompt is not None]
+    if fixed:  # a trace: distinct chained 64-character (16 one-token words) chunks of its prompts
+        chunks: set[int] = set()
+        for text in fixed:
+            parent = 0
+            for start in range(0, len(text) - 63, 64):
+                parent = hash((parent, text[start:start + 64]))
+                chunks.add(parent)
+        distinct = len(chunks) * 16 + summary["output_tokens_total"]
     capacity = settings.instances * settings.num_gpu_blocks * 16
     largest = max(estimate_tokens(w.prompt(a.index, dict.fromkeys(range(len(w.agents)), " x" * 160)))
                   + a.max_tokens for w in plan.workflows for a in w.agents)
@@ -104,12 +131,23 @@ def write_plot(path: Path, shapes: dict[str, dict[str, dict[str, Any]]], time_sc
 
 
 def print_shape(shape: str, figures: dict[str, Any], results: dict[str, dict[str, Any]], settings: RunSettings,
-                skipped: dict[str, str]) -> None:
+                skipped: dict[str, str], cell: dict[str, Any] | None = None) -> None:
+    """One table; with ``cell`` (a matrix cell: its label, load, KV and ceiling figures) also the cell's header
+    lines and the ratio rows against ours-with-metadata."""
     scale = settings.time_scale
     print()
-    print(f"=== ROUTER COMPARISON — shape {shape}: {figures['workflows']} workflows ({figures['chains']} chains, "
-          f"{figures['fan_outs']} fan-outs), {figures['requests']} requests, arrivals over "
-          f"{figures['last_arrival_s']:.0f} simulated s ===")
+    title = f"shape {shape}" if cell is None else f"cell {cell['label']}"
+    print(f"=== ROUTER COMPARISON — {title}: {figures['workflows']} workflows ({figures['chains']} chains, "
+          f"{figures['fan_outs']} fan-outs, {figures.get('tool_loops', 0)} tool loops), {figures['requests']} "
+          f"requests, arrivals over {figures['last_arrival_s']:.0f} simulated s ===")
+    if cell is not None:
+        load = cell["load_figures"]
+        print(f"load {cell['cell']['load']}: offered {load['offered_prompt_tokens_per_s']:,.0f} prompt tokens/s "
+              f"(simulated) vs fleet prefill capacity {load['fleet_prefill_tokens_per_s']:,.0f}/s -> utilisation "
+              f"{load['utilisation_no_cache']:.2f} with no cache hit, {cell['utilisation_at_ceiling']:.2f} at the "
+              f"hit-rate ceiling (arrival times x{load['arrival_time_factor']:.3g}); profile {cell['cell']['profile']}")
+        if cell.get("trace"):
+            print(f"trace: {cell['trace']}")
     distinct, fleet = figures["distinct_tokens_estimate"], figures["fleet_kv_tokens"]
     print(f"fleet: {settings.instances} simulated vLLM instances x {settings.num_gpu_blocks} KV blocks x 16 tokens "
           f"= {fleet:,} tokens; the plan's distinct tokens ~{distinct:,} ({distinct / fleet:.1f}x the fleet's KV); "
@@ -125,6 +163,8 @@ def print_shape(shape: str, figures: dict[str, Any], results: dict[str, dict[str
         print(f"hit-rate ceiling of this workload: {statistics.fmean(oracle):.1%} (one infinite cache that saw every "
               f"earlier request; the role prompt, task line and newest transcript entry are new to every request)")
     print(format_table(results))
+    if cell is not None:
+        print(format_ratios(cell.get("ratios") or {}))
     if any(c.startswith("vllm-router/") for c in results):
         print("vllm-router: every request carries X-Session-ID = its workflow id (consistent_hash hashes it); the "
               "fleet answers vLLM's /tokenize so cache_aware gets token ids (benchmarks/peers.py)")

@@ -63,3 +63,38 @@ def test_helpers() -> None:
     again = compare_routers.RequestRecord("wf", "a1", ok=True, start_s=1.0, prompt=words + " cd" * 32)
     # The second prompt's first 64 tokens were seen; the first prompt hits nothing.
     assert compare_routers.oracle_hit_rate([record, again]) == pytest.approx(64 / (64 + 96))
+
+
+def test_quick_matrix_cell_of_a_new_shape_prints_ratios_and_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "matrix.json"
+    assert compare_routers.main(["--quick", "--shape", "tool-loop", "--contenders", "round-robin,workflow-aware",
+                                 "--load", "high", "--json-out", str(out), "--run-dir", str(tmp_path / "logs")]) == 0
+    printed = capsys.readouterr().out
+    assert "cell tool-loop | 2 inst | KV pressure | load high" in printed
+    assert "ratio vs workflow-aware" in printed and "=== SUMMARY: 1 cells" in printed
+    report = json.loads(out.read_text())
+    [cell] = report["cells"]
+    assert cell["cell"] == {"shape": "tool-loop", "instances": 2, "kv": "pressure", "load": "high",
+                            "profile": "llama-3.1-8b-h100"}
+    assert cell["load_figures"]["utilisation_no_cache"] == pytest.approx(0.9, rel=1e-6)
+    assert 0.0 < cell["hit_rate_ceiling"] <= 1.0
+    for name, row in cell["results"].items():
+        assert "error" not in row, f"{name}: {row.get('error')}"
+        assert row["failed"] == 0, f"{name}: {row['errors']}"
+        assert row["requests"] == cell["plan"]["requests"]
+    assert cell["ratios"]["per_contender"]["workflow-aware"]["ttft"] == pytest.approx(1.0)
+    assert set(cell["ratios"]["best_other"]) == {"ttft", "workflow", "sim_ttft"}
+    assert report["summary"] == [cell["summary"]]
+    # Every turn of a tool loop stays with its workflow under metadata.
+    assert cell["results"]["workflow-aware"]["instances_per_workflow_mean"] == 1.0
+
+
+def test_missing_trace_skips_the_mooncake_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "none.json"
+    assert compare_routers.main(["--quick", "--shape", "mooncake", "--trace", str(tmp_path / "absent.jsonl"),
+                                 "--json-out", str(out), "--run-dir", str(tmp_path / "logs")]) == 0
+    assert "mooncake: skipped: the trace" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["cells"] == [] and "mooncake" in report["skipped"]
