@@ -295,8 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
         "[;topic=T],... (the servers' --kv-events-config endpoint, replay_endpoint and topic; docs/kv-events.md)")
     add("--kv-block-size", type=int, default=_env("kv-block-size", DEFAULT_KV_BLOCK_SIZE),
         help="the servers' KV block size in tokens (vLLM --block-size)")
-    add("--kv-hash-algo", default=_env("kv-hash-algo", DEFAULT_KV_HASH_ALGO), choices=[DEFAULT_KV_HASH_ALGO],
-        help="the servers' --prefix-caching-hash-algo")
+    add("--kv-hash-algo", default=_env("kv-hash-algo", DEFAULT_KV_HASH_ALGO),
+        help=f"the servers' --prefix-caching-hash-algo (only {DEFAULT_KV_HASH_ALGO} is reproduced)")
     add("--kv-hash-seed", default=_env("kv-hash-seed", None),
         help="the PYTHONHASHSEED the vLLM servers run with (their first block hash derives from it)")
     add("--kv-index-max-blocks", type=int, default=_env("kv-index-max-blocks", DEFAULT_KV_INDEX_MAX_BLOCKS),
