@@ -60,8 +60,10 @@ def build_router(settings: Settings, reporter: Reporter, *, assignments: RedisAs
     inflight = InFlight(endpoints)
     metrics = Metrics(instances)
     metrics.watch(endpoints, workflows, inflight, prefix_index, scheduler.stats)
+    if prefix_index is not None:
+        endpoints.on_publish.append(prefix_index.capacities_from)  # forget what each instance's KV cannot hold
     director = Director(settings, endpoints, workflows, scheduler, inflight, metrics, reporter,
-                        assignments=assignments, kv_index=kv_index)
+                        assignments=assignments, kv_index=kv_index, prefix_index=prefix_index)
     servicer = ExtProcServicer(director, metrics, settings.max_request_body_bytes)
     return Router(endpoints, workflows, prefix_index, inflight, metrics, director, servicer)
 

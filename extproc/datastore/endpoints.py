@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from extproc.datastore.costs import CostModel
 from extproc.datastore.poller import BackendLoad
 
 # An instance whose KV cache is this full while requests wait there gets no new work while others have room.
@@ -28,23 +29,34 @@ class Endpoints:
             raise ValueError("at least one instance is required")
         self.instances: tuple[str, ...] = tuple(instances)
         self.outstanding: dict[str, int] = dict.fromkeys(self.instances, 0)
+        # Uncached prompt tokens this server routed to each instance whose prefill has not visibly ended.
+        self.queued_prefill: dict[str, float] = dict.fromkeys(self.instances, 0.0)
+        self.costs = CostModel(self.instances)
         self.healthy: set[str] = set(self.instances)
         # instance -> monotonic time before which a healthy poll does not bring it back (passive health)
         self.held_down: dict[str, float] = {}
         self.snapshot: Mapping[str, BackendLoad] = {}
         # Called with an instance that went down (its cache is gone: prefix indexes forget it).
         self.on_down: list[Callable[[str], None]] = []
+        # Called with every published snapshot (e.g. the prefix index sizes itself to each instance's KV).
+        self.on_publish: list[Callable[[Mapping[str, BackendLoad]], None]] = []
 
     def __contains__(self, instance: object) -> bool:
         return instance in self.outstanding
 
     # --- fed by the shells ---------------------------------------------------------------------------------
-    def acquire(self, instance: str) -> None:
+    def acquire(self, instance: str, prefill_tokens: float = 0.0) -> None:
         self.outstanding[instance] += 1
+        self.queued_prefill[instance] += prefill_tokens
 
-    def release(self, instance: str) -> None:
+    def prefill_done(self, instance: str, prefill_tokens: float) -> None:
+        self.queued_prefill[instance] = max(0.0, self.queued_prefill[instance] - prefill_tokens)
+
+    def release(self, instance: str, prefill_tokens: float = 0.0) -> None:
         if self.outstanding[instance] > 0:
             self.outstanding[instance] -= 1
+        if prefill_tokens:
+            self.prefill_done(instance, prefill_tokens)
 
     def set_healthy(self, instance: str, healthy: bool, now: float | None = None) -> None:
         """Health from the poller. A held-down instance stays down until its time (``now``: monotonic seconds,
@@ -70,8 +82,11 @@ class Endpoints:
             self.set_healthy(instance, False)
 
     def publish(self, snapshot: Mapping[str, BackendLoad]) -> None:
-        """Swap in the poller's latest immutable snapshot (one reference assignment)."""
+        """Swap in the poller's latest immutable snapshot (one reference assignment) and learn costs from it."""
         self.snapshot = snapshot
+        self.costs.observe(snapshot)
+        for hook in self.on_publish:
+            hook(snapshot)
 
     # --- read by plugins -----------------------------------------------------------------------------------
     def live(self, instance: str) -> BackendLoad:

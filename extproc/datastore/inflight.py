@@ -22,23 +22,26 @@ DEFAULT_OBSERVE_WITHIN_S = 0.1
 
 
 class InFlight:
+    """Each entry also carries the request's uncached prompt tokens, queued as prefill work on its instance until
+    the first response bytes show the prefill done (``prefilled``) or the request ends."""
+
     def __init__(self, endpoints: Endpoints, observe_within: float = DEFAULT_OBSERVE_WITHIN_S) -> None:
         self.endpoints = endpoints
         self.observe_within = observe_within
         self._prefix = os.urandom(4).hex()  # distinguishes this replica's route ids from others'
         self._seq = itertools.count(1)
-        self._unobserved: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._observed: dict[str, str] = {}
+        self._unobserved: OrderedDict[str, tuple[str, float, float]] = OrderedDict()  # instance, started, tokens
+        self._observed: dict[str, tuple[str, float]] = {}  # instance, prefill tokens still queued
         self.abandoned = 0  # observed by no stream of this replica (another replica's observer, or none)
 
     def __len__(self) -> int:
         return len(self._unobserved) + len(self._observed)
 
-    def start(self, instance: str, now: float) -> str:
+    def start(self, instance: str, now: float, prefill_tokens: float = 0.0) -> str:
         self._sweep(now)
         route_id = f"{self._prefix}-{next(self._seq)}"
-        self._unobserved[route_id] = (instance, now)
-        self.endpoints.acquire(instance)
+        self._unobserved[route_id] = (instance, now, prefill_tokens)
+        self.endpoints.acquire(instance, prefill_tokens)
         return route_id
 
     def observe(self, route_id: str) -> str | None:
@@ -46,17 +49,26 @@ class InFlight:
         entry = self._unobserved.pop(route_id, None)
         if entry is None:
             return None
-        self._observed[route_id] = entry[0]
+        self._observed[route_id] = (entry[0], entry[2])
         return entry[0]
 
+    def prefilled(self, route_id: str) -> None:
+        """The response's first bytes arrived: the prompt is computed, its prefill no longer queues others."""
+        entry = self._observed.get(route_id)
+        if entry is not None and entry[1]:
+            self._observed[route_id] = (entry[0], 0.0)
+            self.endpoints.prefill_done(entry[0], entry[1])
+
     def finish(self, route_id: str) -> str | None:
-        instance = self._observed.pop(route_id, None)
-        if instance is None:
+        observed = self._observed.pop(route_id, None)
+        if observed is not None:
+            instance, tokens = observed
+        else:
             entry = self._unobserved.pop(route_id, None)
             if entry is None:
                 return None
-            instance = entry[0]
-        self.endpoints.release(instance)
+            instance, _, tokens = entry
+        self.endpoints.release(instance, tokens)
         return instance
 
     def _sweep(self, now: float) -> None:
@@ -64,9 +76,9 @@ class InFlight:
         for _ in range(EXPIRY_POPS_PER_REQUEST):
             if not entries:
                 return
-            route_id, (instance, started) = next(iter(entries.items()))
+            route_id, (instance, started, tokens) = next(iter(entries.items()))
             if now - started <= self.observe_within:
                 return
             del entries[route_id]
-            self.endpoints.release(instance)
+            self.endpoints.release(instance, tokens)
             self.abandoned += 1

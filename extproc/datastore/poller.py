@@ -32,7 +32,14 @@ _GAUGES = {
     "vllm:num_requests_waiting": "waiting",
     "vllm:kv_cache_usage_perc": "kv_usage",
     "vllm:gpu_cache_usage_perc": "kv_usage",
+    # Cumulative figures the cost model learns per-token prefill costs from (deltas between scrapes).
+    "vllm:prompt_tokens_total": "prompt_tokens",
+    "vllm:prefix_cache_hits_total": "prefix_hits",
+    "vllm:request_prefill_time_seconds_sum": "prefill_seconds",
+    "vllm:request_prefill_time_seconds_count": "prefills",
 }
+# vllm:cache_config_info{block_size="16",num_gpu_blocks="27950",...} 1.0: the instance's KV capacity.
+_CACHE_INFO = "vllm:cache_config_info"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +49,25 @@ class BackendLoad:
     kv_usage: float = 0.0
     healthy: bool = True
     scraped_at: float = 0.0
+    prompt_tokens: float = 0.0  # counter: prompt tokens of requests that started (vllm:prompt_tokens_total)
+    prefix_hits: float = 0.0  # counter: of those, tokens served from the prefix cache
+    prefill_seconds: float = 0.0  # histogram sum of vllm:request_prefill_time_seconds
+    prefills: float = 0.0  # its count
+    kv_capacity_tokens: float = 0.0  # num_gpu_blocks x block_size (0: not reported)
+
+
+def _label(line: str, name: str) -> str | None:
+    start = line.find(f'{name}="')
+    if start < 0:
+        return None
+    start += len(name) + 2
+    end = line.find('"', start)
+    return line[start:end] if end > 0 else None
 
 
 def parse_vllm_metrics(text: str) -> dict[str, float]:
-    """The three load gauges from a Prometheus exposition (summed over label sets, e.g. several models)."""
+    """The load gauges, the counters the cost model learns from and the KV capacity, from a Prometheus
+    exposition (summed over label sets, e.g. several models)."""
     found: dict[str, float] = {}
     for line in text.splitlines():
         if not line.startswith("vllm:"):
@@ -53,7 +75,13 @@ def parse_vllm_metrics(text: str) -> dict[str, float]:
         name_end = line.find("{")
         if name_end < 0:
             name_end = line.find(" ")
-        field = _GAUGES.get(line[:name_end])
+        name = line[:name_end]
+        if name == _CACHE_INFO:
+            blocks, size = _label(line, "num_gpu_blocks"), _label(line, "block_size")
+            if blocks and size and blocks.isdigit() and size.isdigit():
+                found["kv_capacity_tokens"] = float(int(blocks) * int(size))
+            continue
+        field = _GAUGES.get(name)
         if field is None:
             continue
         try:

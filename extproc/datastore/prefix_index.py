@@ -19,9 +19,15 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from extproc.datastore.poller import BackendLoad
 
 DEFAULT_BLOCK_BYTES = 64
+# ~4 bytes of English text per token (Llama-3's tokenizer; the approximate tokenizer's rule): a block is ~16
+# tokens, one vLLM KV block.
+CHARS_PER_TOKEN = 4
+TOKENS_PER_BLOCK = DEFAULT_BLOCK_BYTES // CHARS_PER_TOKEN
 DEFAULT_CAPACITY_BLOCKS = 31_250  # the GIE default per pod
 # Only the start of very long prompts is indexed: matching cost stays bounded.
 DEFAULT_MAX_BLOCKS = 2_048
@@ -42,9 +48,40 @@ def block_hashes(text: str, block_bytes: int = DEFAULT_BLOCK_BYTES, max_blocks: 
 
 
 class PrefixIndex:
+    """Per instance an LRU of block hashes. The bound is ``capacity_blocks``, or, once the instance reports its KV
+    size (``set_capacity``), that many blocks: the index then forgets what the instance's own LRU evicts. A
+    response's generated tokens fill KV too, so ``occupy`` pushes that many anonymous blocks in."""
+
     def __init__(self, instances: Sequence[str], capacity_blocks: int = DEFAULT_CAPACITY_BLOCKS) -> None:
         self.capacity_blocks = capacity_blocks
         self._blocks: dict[str, OrderedDict[int, None]] = {i: OrderedDict() for i in instances}
+        self._capacity = dict.fromkeys(instances, capacity_blocks)
+        self._anonymous = -1  # keys of occupy()'s blocks: negative, never a CRC-32 (those are >= 0)
+
+    def set_capacity(self, instance: str, blocks: int) -> None:
+        """The instance's KV capacity in blocks (from its metrics); never above ``capacity_blocks``."""
+        if instance in self._capacity and blocks > 0:
+            self._capacity[instance] = min(blocks, self.capacity_blocks)
+
+    def capacities_from(self, snapshot: Mapping[str, BackendLoad]) -> None:
+        for instance, load in snapshot.items():
+            if load.kv_capacity_tokens:
+                self.set_capacity(instance, int(load.kv_capacity_tokens) // TOKENS_PER_BLOCK)
+
+    def occupy(self, instance: str, blocks: int) -> None:
+        """``blocks`` KV blocks filled on ``instance`` by something no prompt will match (generated tokens)."""
+        lru = self._blocks.get(instance)
+        if lru is None or blocks <= 0:
+            return
+        for _ in range(min(blocks, self._capacity[instance])):
+            lru[self._anonymous] = None
+            self._anonymous -= 1
+        self._trim(instance, lru)
+
+    def _trim(self, instance: str, lru: OrderedDict[int, None]) -> None:
+        capacity = self._capacity[instance]
+        while len(lru) > capacity:
+            lru.popitem(last=False)
 
     def match(self, hashes: Sequence[int]) -> dict[str, int]:
         """Leading blocks of the chain each instance has seen."""
@@ -68,8 +105,7 @@ class PrefixIndex:
                 blocks.move_to_end(h)
             else:
                 blocks[h] = None
-        while len(blocks) > self.capacity_blocks:
-            blocks.popitem(last=False)
+        self._trim(instance, blocks)
 
     def forget(self, instance: str) -> None:
         """The instance restarted or died: its cache is gone."""

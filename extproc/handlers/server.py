@@ -244,6 +244,9 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc] 
             if message.response_headers.end_of_stream:
                 self._finish(stream)
         elif kind == "response_body" and stream.tail is not None:
+            if not stream.tail.data:
+                assert stream.response is not None
+                self.director.response_started(stream.response)
             stream.tail.feed(message.response_body.body)
             if message.response_body.end_of_stream:
                 # Envoy closes observer streams lazily: the response's end is the request's end.

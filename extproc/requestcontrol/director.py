@@ -11,9 +11,10 @@ Workflow affinity is state here (the workflow table: which instance a workflow h
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from a2a_service.tracecontext import parse_traceparent
@@ -28,7 +29,7 @@ from extproc.config import (
 )
 from extproc.datastore.endpoints import Endpoints
 from extproc.datastore.inflight import InFlight
-from extproc.datastore.prefix_index import block_hashes
+from extproc.datastore.prefix_index import CHARS_PER_TOKEN, TOKENS_PER_BLOCK, PrefixIndex, block_hashes
 from extproc.datastore.shared_assignments import RedisAssignments
 from extproc.datastore.workflows import WorkflowTable
 from extproc.errors import BadRequest
@@ -69,8 +70,10 @@ class Director:
         clock: Callable[[], float] = time.monotonic,
         assignments: RedisAssignments | None = None,
         kv_index: KVIndex | None = None,
+        prefix_index: PrefixIndex | None = None,
     ) -> None:
         self.endpoints = endpoints
+        self.prefix_index = prefix_index
         self.workflows = workflows
         self.scheduler = scheduler
         self.inflight = inflight
@@ -127,12 +130,12 @@ class Director:
         blocks = block_hashes(prompt) if self.prefix_routing and prompt else ()
         cached = (await self.kv_index.cached_fractions(prompt, routing.messages)
                   if self.kv_index is not None and prompt else None)
-        decision = self.decide(metadata, now, blocks, cached)
+        decision = self.decide(metadata, now, blocks, cached, len(prompt) // CHARS_PER_TOKEN)
         if self.consensus is not None and decision.workflow_id is not None:
             decision = await self.consensus.agree(decision, now)
         instance = decision.instance
         request.instance = instance
-        route_id = request.route_id = self.inflight.start(instance, now)
+        route_id = request.route_id = self.inflight.start(instance, now, decision.prefill_tokens)
         headers = [(self.cluster_header, instance), (ROUTE_ID_HEADER, route_id)]
         if decision.workflow_id is not None and metadata is not None:
             # The observer stream (and the backend's logs) learn the workflow from these headers.
@@ -144,30 +147,61 @@ class Director:
         self._account(decision, metadata, request, time.perf_counter() - started)
         return plan
 
-    def decide(self, metadata: WorkflowMetadata | None, now: float, blocks: Any = (),
-               cached_fraction: Mapping[str, float] | None = None) -> Decision:
-        """Pick the instance with the scheduler and keep the workflow table in step (pure, synchronous)."""
+    def decide(self, metadata: WorkflowMetadata | None, now: float, blocks: Sequence[int] = (),
+               cached_fraction: Mapping[str, float] | None = None, prompt_tokens: int = 0) -> Decision:
+        """Pick the instance with the scheduler and keep the workflow table and the prefix index in step (pure,
+        synchronous). ``prompt_tokens``: the prompt's length (estimated from its text when no tokenizer ran)."""
+        index = self.prefix_index
+        matched = index.match(blocks) if index is not None and blocks else None
+        if cached_fraction:
+            cached_tokens = {i: round(f * prompt_tokens) for i, f in cached_fraction.items()}
+        elif matched is not None:
+            cached_tokens = {i: min(prompt_tokens, count * TOKENS_PER_BLOCK) for i, count in matched.items()}
+        else:
+            cached_tokens = None
         workflows = self.workflows
         if metadata is None or not metadata.wants_affinity:
             workflows.expire(now)
-            result = self.scheduler.schedule(SchedulingRequest(prompt_blocks=blocks, cached_fraction=cached_fraction))
-            fraction = result.scores.get("prefix", 0.0)
-            matched = round(fraction * len(blocks)) if blocks else int(fraction > 0)
-            return Decision(result.instance, None, False, False, False, prefix_blocks=matched)
+            instance = self.scheduler.schedule(SchedulingRequest(
+                prompt_blocks=blocks, cached_fraction=cached_fraction, prompt_tokens=prompt_tokens,
+                cached_tokens=cached_tokens)).instance
+            if cached_fraction:
+                prefix = round(cached_fraction.get(instance, 0.0) * len(blocks)) if blocks else int(
+                    cached_fraction.get(instance, 0.0) > 0)
+            else:
+                prefix = matched[instance] if matched is not None else 0
+            return self._learned(Decision(instance, None, False, False, False, prefix_blocks=prefix), blocks,
+                                 prompt_tokens, cached_tokens)
         workflow_id = metadata.workflow_id
         entry = workflows.get(workflow_id, now)
         home = entry.instance if entry is not None and entry.instance in self.endpoints.healthy else None
-        instance = self.scheduler.schedule(
-            SchedulingRequest(workflow_id, home, metadata.workflow_priority)).instance
+        instance = self.scheduler.schedule(SchedulingRequest(
+            workflow_id, home, metadata.workflow_priority, blocks, cached_fraction, prompt_tokens,
+            cached_tokens)).instance
         if entry is not None and home is not None:
             if instance == home:
                 entry.requests += 1
-                return Decision(home, workflow_id, True, False, False)
+                decision = Decision(home, workflow_id, True, False, False)
+            else:
+                workflows.assign(workflow_id, instance, now).requests += 1
+                decision = Decision(instance, workflow_id, False, False, False, rebalanced=True, previous=home)
+        else:
+            previous = entry.instance if entry is not None else None
             workflows.assign(workflow_id, instance, now).requests += 1
-            return Decision(instance, workflow_id, False, False, False, rebalanced=True, previous=home)
-        previous = entry.instance if entry is not None else None
-        workflows.assign(workflow_id, instance, now).requests += 1
-        return Decision(instance, workflow_id, False, previous is None, previous is not None, previous=previous)
+            decision = Decision(instance, workflow_id, False, previous is None, previous is not None,
+                                previous=previous)
+        return self._learned(decision, blocks, prompt_tokens, cached_tokens)
+
+    def _learned(self, decision: Decision, blocks: Sequence[int], prompt_tokens: int,
+                 cached_tokens: Mapping[str, int] | None) -> Decision:
+        """The chosen instance now holds this prompt (the prefix index learns it); the prompt's uncached tokens
+        queue there as prefill work until its response starts."""
+        instance = decision.instance
+        if self.prefix_index is not None and blocks:
+            self.prefix_index.learn(instance, blocks)
+        cached = cached_tokens.get(instance, 0) if cached_tokens is not None else 0
+        uncached = max(0, prompt_tokens - cached)
+        return dataclasses.replace(decision, prefill_tokens=uncached) if uncached else decision
 
     def refused(self, request: Request, error: BadRequest) -> None:
         """A bad request is answered with its 4xx by the handler; nothing reaches a backend."""
@@ -199,6 +233,11 @@ class Director:
         return Response(route_id, headers.get(self.cluster_header) or "", headers.get(WORKFLOW_ID_HEADER),
                         headers.get(AGENT_ID_HEADER), headers.get("x-request-id", ""))
 
+    def response_started(self, response: Response) -> None:
+        """The response's first bytes: its prompt has been computed (a streamed response's first token)."""
+        if response.route_id is not None:
+            self.inflight.prefilled(response.route_id)
+
     def completed(self, response: Response, body_tail: bytes) -> None:
         """The response ended (or the stream was cut): release, check health, count usage, report."""
         if response.route_id is not None:
@@ -211,8 +250,10 @@ class Director:
         if instance in self.endpoints:
             self.passive_health.record(instance, response.status, retried_away)
         if usage is not None:
-            self.metrics.usage(served if served is not None and retried_away and served in self.endpoints
-                               else instance, usage)
+            holder = served if served is not None and retried_away and served in self.endpoints else instance
+            self.metrics.usage(holder, usage)
+            if self.prefix_index is not None:  # the generated tokens fill the holder's KV too
+                self.prefix_index.occupy(holder, usage.completion_tokens // TOKENS_PER_BLOCK)
         if response.workflow_id is not None:
             self.reporter.completed(response.request_id, response.workflow_id, response.agent_id, instance, usage,
                                     response.status)

@@ -17,6 +17,7 @@ class Decision:
     rebalanced: bool = False  # the workflow's instance was over the load bound and it moved
     prefix_blocks: int = 0  # no-metadata requests: leading blocks the chosen instance was sent before
     previous: str | None = None  # failover/rebalance: the instance the workflow moved away from
+    prefill_tokens: int = 0  # the prompt's tokens the chosen instance must compute (estimated)
 
     @property
     def reason(self) -> str:

@@ -46,6 +46,10 @@ class SchedulingRequest:
     prompt_blocks: Sequence[int] = ()
     # Per instance, the share of the prompt an external KV index (LMCache) says it holds.
     cached_fraction: Mapping[str, float] | None = None
+    # The prompt's length in tokens (exact from a tokenizer, else estimated) and, per instance, how many of its
+    # leading tokens that instance holds (vLLM's KV events where configured, else the prefix index).
+    prompt_tokens: int = 0
+    cached_tokens: Mapping[str, int] | None = None
 
 
 class Plugin(Protocol):

@@ -15,7 +15,8 @@ Every profile named in :data:`PROFILE_NAMES` must be present; the handler picks 
 workflow affinity, ``prefix`` for the others when there is prefix information (the router's index or an external
 KV index), else ``least-load``. A plugin name used in several places is one instance (one prefix index, one
 rotation). ``--scorer-weights prefix=3,queue=2`` overrides weights in every profile that uses those scorers.
-:data:`DEFAULT_CONFIG` reproduces the router's documented rules.
+:data:`DEFAULT_CONFIG` is :data:`RULES_CONFIG` (``builtin:rules``), the router's documented rules;
+:data:`COST_MODEL_CONFIG` (``builtin:cost-model``) schedules by expected time to first token.
 """
 
 from __future__ import annotations
@@ -42,7 +43,28 @@ from extproc.scheduling.registry import PluginContext, create
 
 PROFILE_NAMES = ("workflow", "prefix", "least-load")
 
-DEFAULT_CONFIG: dict[str, Any] = {
+# ``builtin:cost-model``: every request is scheduled by its expected time to first token on each instance
+# (uncached prefill against queued work, costs learned from the instances' metrics); a workflow's own instance
+# wins unless another is more than ~10 % cheaper (its context stays in one place instead of being copied around
+# the fleet). Opt-in until the router comparison shows it never worse than the rules (docs/architecture.md).
+COST_MODEL_CONFIG: dict[str, Any] = {
+    "plugins": [],
+    "profiles": {
+        "workflow": {
+            "filters": ["kv-room"],
+            "scorers": [{"plugin": "cost-model", "weight": 1.0}, {"plugin": "workflow-affinity", "weight": 0.1}],
+            "picker": "max-score",
+        },
+        "prefix": {"filters": ["kv-room"], "scorers": [{"plugin": "cost-model", "weight": 1.0}],
+                   "picker": "max-score"},
+        "least-load": {"filters": ["kv-room"], "scorers": [{"plugin": "cost-model", "weight": 1.0}],
+                       "picker": "max-score"},
+    },
+}
+
+# The default (``builtin:rules``): sticky within a load bound, least-loaded placement, GIE-style weighted scorers
+# without metadata.
+RULES_CONFIG: dict[str, Any] = {
     "plugins": [],
     "profiles": {
         "workflow": {
@@ -60,9 +82,20 @@ DEFAULT_CONFIG: dict[str, Any] = {
     },
 }
 
+DEFAULT_CONFIG = RULES_CONFIG
+BUILTIN_CONFIGS = {"rules": RULES_CONFIG, "cost-model": COST_MODEL_CONFIG}
+BUILTIN_PREFIX = "builtin:"
+
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a scheduling config file (YAML, of which JSON is a subset); ValueError naming the problem."""
+    """A built-in config (``builtin:cost-model``, ``builtin:rules``) or a config file (YAML, of which JSON is a
+    subset); ValueError naming the problem."""
+    if isinstance(path, str) and path.startswith(BUILTIN_PREFIX):
+        name = path[len(BUILTIN_PREFIX):]
+        if name not in BUILTIN_CONFIGS:
+            raise ValueError(f"--scheduling-config {path}: no such built-in (known: "
+                             f"{', '.join(BUILTIN_PREFIX + n for n in BUILTIN_CONFIGS)})")
+        return BUILTIN_CONFIGS[name]
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
@@ -118,6 +151,8 @@ class _Plugins:
             parameters = _expect(entry.get("parameters", {}), dict, f"{where}.parameters")
             self.specs[name] = (kind, parameters)
         self.instances: dict[str, object] = {}
+        for index, name in enumerate(self.specs):  # a declared plugin is checked even if no profile uses it
+            self.get(name, f"plugins[{index}]")
 
     def get(self, value: object, where: str) -> object:
         name: str = _expect(value, str, where)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from extproc.datastore.prefix_index import PrefixIndex
+from extproc.scheduling.plugins.cost_model import CostModelScorer
 from extproc.scheduling.plugins.kv_headroom import KVHeadroomScorer
 from extproc.scheduling.plugins.kv_room import KVRoomFilter
 from extproc.scheduling.plugins.least_load import LeastLoadFilter
@@ -47,6 +48,7 @@ PLUGINS: dict[str, Factory] = {
     "queue": lambda p, c: QueueScorer(),
     "kv-headroom": lambda p, c: KVHeadroomScorer(),
     "max-score": lambda p, c: MaxScorePicker(),
+    "cost-model": lambda p, c: CostModelScorer(),
 }
 
 

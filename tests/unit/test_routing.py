@@ -1,5 +1,6 @@
-"""The routing rules end to end through the director and the default scheduling profiles (no sockets):
-stickiness within the load bound, load-aware placement, failover, prefix-aware routing without metadata."""
+"""The rule-based profiles (``builtin:rules``) end to end through the director (no sockets): stickiness within
+the load bound, load-aware placement, failover, prefix-aware routing without metadata. The default cost-model
+profiles are tested in test_cost_model.py."""
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,8 @@ INSTANCES = ("vllm-1", "vllm-2", "vllm-3")
 def router(ttl: float = 100.0, max_workflows: int = 1000, preference: float = 0.8, prefix: bool = False,
            instances: Sequence[str] = INSTANCES) -> Router:
     settings = Settings(backends=tuple(Backend(i) for i in instances), workflow_ttl=ttl,
-                        max_workflows=max_workflows, batching_preference=preference, prefix_routing=prefix)
+                        max_workflows=max_workflows, batching_preference=preference, prefix_routing=prefix,
+                        scheduling_config="builtin:rules")
     return build_router(settings, NullReporter())
 
 
@@ -248,8 +250,15 @@ vllm:num_requests_running{engine="1",model_name="m"} 2.0
 garbage line
 vllm:num_requests_waiting{model_name="m"} not-a-number
 """
-    assert parse_vllm_metrics(text) == {"running": 5.0, "waiting": 1.0, "kv_usage": 0.25}
+    assert parse_vllm_metrics(text) == {"running": 5.0, "waiting": 1.0, "kv_usage": 0.25, "prefix_hits": 1234.0}
     assert parse_vllm_metrics("vllm:gpu_cache_usage_perc 0.5") == {"kv_usage": 0.5}
+    # The KV capacity from vLLM's cache config info gauge (labels only), and the prefill histogram's sum/count.
+    info = ('vllm:cache_config_info{block_size="16",enable_prefix_caching="True",num_gpu_blocks="2048"} 1.0\n'
+            'vllm:request_prefill_time_seconds_sum{model_name="m"} 3.5\n'
+            'vllm:request_prefill_time_seconds_count{model_name="m"} 7.0\n'
+            'vllm:prompt_tokens_total{model_name="m"} 9000.0\n')
+    assert parse_vllm_metrics(info) == {"kv_capacity_tokens": 32768.0, "prefill_seconds": 3.5, "prefills": 7.0,
+                                        "prompt_tokens": 9000.0}
 
 
 def test_external_kv_index_fraction_replaces_the_local_prefix_score() -> None:

@@ -76,13 +76,21 @@ def test_a_filter_that_empties_the_set_is_ignored_and_hooks_see_the_pick() -> No
 
 
 def test_plugin_timing_and_score_distributions_reach_metrics() -> None:
-    router = build_router(Settings(backends=(Backend("a"), Backend("b"))), NullReporter())
-    router.director.decide(None, 0.0, [1, 2, 3])  # prefix profile: load-bound, prefix, queue, kv-headroom
-    text = generate_latest(router.metrics.registry).decode()
+    rules = build_router(Settings(backends=(Backend("a"), Backend("b")), scheduling_config="builtin:rules"),
+                         NullReporter())
+    rules.director.decide(None, 0.0, [1, 2, 3])  # prefix profile: load-bound, prefix, queue, kv-headroom
+    text = generate_latest(rules.metrics.registry).decode()
     assert 'extproc_scheduler_plugin_duration_seconds_count{kind="scorer",plugin="prefix"} 1.0' in text
     assert 'extproc_scheduler_plugin_duration_seconds_count{kind="filter",plugin="load-bound"} 1.0' in text
     assert 'extproc_scheduler_scorer_score_count{scorer="queue"} 2.0' in text  # one per candidate
     assert 'extproc_scheduler_profile_runs_total{profile="prefix"} 1.0' in text
+    default = build_router(Settings(backends=(Backend("a"), Backend("b")), scheduling_config="builtin:cost-model"),
+                           NullReporter())
+    default.director.decide(_wf("w"), 0.0, [1, 2, 3], prompt_tokens=48)
+    text = generate_latest(default.metrics.registry).decode()
+    assert 'extproc_scheduler_plugin_duration_seconds_count{kind="scorer",plugin="cost-model"} 1.0' in text
+    assert 'extproc_scheduler_scorer_score_count{scorer="workflow-affinity"} 2.0' in text
+    assert 'extproc_scheduler_profile_runs_total{profile="workflow"} 1.0' in text
 
 
 def test_fast_histogram_is_cumulative() -> None:
@@ -166,4 +174,4 @@ def test_a_missing_or_malformed_config_file_is_a_clear_error(tmp_path: Path) -> 
 
 def test_registry_holds_every_rule() -> None:
     assert {"workflow-affinity", "load-bound", "kv-room", "least-load", "prefix", "queue", "kv-headroom",
-            "max-score"} <= set(PLUGINS)
+            "max-score", "cost-model"} <= set(PLUGINS)

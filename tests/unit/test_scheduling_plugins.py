@@ -150,13 +150,13 @@ def test_kv_headroom_scorer() -> None:
     assert KVHeadroomScorer().score(SchedulingRequest(), e, ABC) == {"a": 0.75, "b": 0.0, "c": 1.0}
 
 
-def test_prefix_scorer_reads_its_index_learns_the_pick_and_defers_to_an_external_index() -> None:
+def test_prefix_scorer_reads_its_index_and_defers_to_an_external_index() -> None:
     index = PrefixIndex(ABC)
     scorer = PrefixScorer(index)
     blocks = block_hashes("system prompt " * 40)
     request = SchedulingRequest(prompt_blocks=blocks)
     assert scorer.score(request, endpoints(), ABC) == {"a": 0.0, "b": 0.0, "c": 0.0}
-    scorer.picked(request, "b")
+    index.learn("b", blocks)  # the director teaches the index every routed prompt
     assert scorer.score(request, endpoints(), ABC) == {"a": 0.0, "b": 1.0, "c": 0.0}
     half = SchedulingRequest(prompt_blocks=[*blocks[: len(blocks) // 2], *block_hashes("other " * 80)])
     assert scorer.score(half, endpoints(), ABC)["b"] == pytest.approx((len(blocks) // 2) / len(half.prompt_blocks))

@@ -1,8 +1,8 @@
 """``prefix`` scorer: the share of the prompt's leading blocks each instance holds in its prefix cache.
 
 From an external KV index when the request carries its answer (``cached_fraction``, e.g. LMCache's controller),
-else from the router's own approximate index (:class:`~extproc.datastore.prefix_index.PrefixIndex`, learned from
-this scorer's post-pick hook: the prompt's blocks are recorded on the chosen instance).
+else from the router's own approximate index (:class:`~extproc.datastore.prefix_index.PrefixIndex`, which the
+director teaches every routed prompt).
 """
 
 from __future__ import annotations
@@ -27,7 +27,3 @@ class PrefixScorer:
             return {}
         counts = self.index.match(blocks)
         return {i: counts.get(i, 0) / len(blocks) for i in candidates}
-
-    def picked(self, request: SchedulingRequest, instance: str) -> None:
-        if self.index is not None and request.prompt_blocks:
-            self.index.learn(instance, request.prompt_blocks)
