@@ -17,6 +17,7 @@ from extproc.config import Settings
 from extproc.datastore.endpoints import Endpoints
 from extproc.datastore.inflight import InFlight
 from extproc.datastore.poller import BackendPoller
+from extproc.datastore.precise_cache import PreciseCacheView, build_precise_view
 from extproc.datastore.prefix_index import PrefixIndex
 from extproc.datastore.shared_assignments import RedisAssignments
 from extproc.datastore.workflows import WorkflowTable
@@ -45,7 +46,7 @@ class Router:
 
 
 def build_router(settings: Settings, reporter: Reporter, *, assignments: RedisAssignments | None = None,
-                 kv_index: LMCacheIndex | None = None) -> Router:
+                 kv_index: LMCacheIndex | None = None, precise: PreciseCacheView | None = None) -> Router:
     """Everything a request touches, without I/O (tests and the decision-time benchmark call it directly).
     Raises ``ValueError`` for a bad scheduling config."""
     instances = [b.cluster for b in settings.backends]
@@ -63,7 +64,10 @@ def build_router(settings: Settings, reporter: Reporter, *, assignments: RedisAs
     if prefix_index is not None:
         endpoints.on_publish.append(prefix_index.capacities_from)  # forget what each instance's KV cannot hold
     director = Director(settings, endpoints, workflows, scheduler, inflight, metrics, reporter,
-                        assignments=assignments, kv_index=kv_index, prefix_index=prefix_index)
+                        assignments=assignments, kv_index=kv_index, prefix_index=prefix_index, precise=precise)
+    if precise is not None:
+        endpoints.on_down.append(precise.forget)  # a down instance's cache is gone
+        metrics.registry.register(precise.collector())
     servicer = ExtProcServicer(director, metrics, settings.max_request_body_bytes)
     return Router(endpoints, workflows, prefix_index, inflight, metrics, director, servicer)
 
@@ -77,6 +81,7 @@ class Running:
     poller: BackendPoller
     assignments: RedisAssignments | None
     kv_index: LMCacheIndex | None
+    precise: PreciseCacheView | None
     grpc_port: int
     metrics_port: int
 
@@ -129,8 +134,12 @@ async def start(settings: Settings, reporter: Reporter | None = None) -> Running
     if settings.store != "memory":
         assignments = RedisAssignments(settings.store, ttl=settings.workflow_ttl,
                                        max_workflows=settings.max_workflows)
-    kv_index = build_kv_index(settings, [b.cluster for b in settings.backends])
-    router = build_router(settings, reporter, assignments=assignments, kv_index=kv_index)
+    instances = [b.cluster for b in settings.backends]
+    kv_index = build_kv_index(settings, instances)
+    precise = build_precise_view(settings, instances)
+    router = build_router(settings, reporter, assignments=assignments, kv_index=kv_index, precise=precise)
+    if precise is not None:
+        await precise.start()
     metrics = router.metrics
     if assignments is not None:
         await assignments.start()
@@ -166,7 +175,7 @@ async def start(settings: Settings, reporter: Reporter | None = None) -> Running
     reporter_collector = reporter.collector()
     if reporter_collector is not None:
         metrics.registry.register(reporter_collector)
-    return Running(server, health_servicer, router, reporter, poller, assignments, kv_index, grpc_port,
+    return Running(server, health_servicer, router, reporter, poller, assignments, kv_index, precise, grpc_port,
                    metrics_port)
 
 
@@ -197,6 +206,8 @@ async def serve(settings: Settings) -> None:
         await running.assignments.stop()
     if running.kv_index is not None:
         await running.kv_index.aclose()
+    if running.precise is not None:
+        await running.precise.stop()
     await running.reporter.stop()
     log.info("stopped")
 

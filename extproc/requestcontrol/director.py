@@ -51,6 +51,14 @@ class KVIndex(Protocol):
         ...
 
 
+class PreciseView(Protocol):
+    async def cached_tokens(self, prompt_text: str, messages: list[Any] | None
+                            ) -> tuple[int, dict[str, int | None]] | None:
+        """``(prompt tokens, {instance: leading tokens it holds, None without a live event stream})`` as the
+        backends tokenize and hash them (vLLM's KV events); None when the prompt could not be tokenized."""
+        ...
+
+
 def trace_fields(traceparent: str | None) -> dict[str, str]:
     trace = parse_traceparent(traceparent) if traceparent is not None else None
     return trace.log_fields() if trace is not None else {}
@@ -71,7 +79,9 @@ class Director:
         assignments: RedisAssignments | None = None,
         kv_index: KVIndex | None = None,
         prefix_index: PrefixIndex | None = None,
+        precise: PreciseView | None = None,
     ) -> None:
+        self.precise = precise
         self.endpoints = endpoints
         self.prefix_index = prefix_index
         self.workflows = workflows
@@ -130,7 +140,13 @@ class Director:
         blocks = block_hashes(prompt) if self.prefix_routing and prompt else ()
         cached = (await self.kv_index.cached_fractions(prompt, routing.messages)
                   if self.kv_index is not None and prompt else None)
-        decision = self.decide(metadata, now, blocks, cached, len(prompt) // CHARS_PER_TOKEN)
+        prompt_tokens = len(prompt) // CHARS_PER_TOKEN
+        precise = None
+        if self.precise is not None and prompt:
+            found = await self.precise.cached_tokens(prompt, routing.messages)
+            if found is not None:
+                prompt_tokens, precise = found
+        decision = self.decide(metadata, now, blocks, cached, prompt_tokens, precise)
         if self.consensus is not None and decision.workflow_id is not None:
             decision = await self.consensus.agree(decision, now)
         instance = decision.instance
@@ -148,17 +164,26 @@ class Director:
         return plan
 
     def decide(self, metadata: WorkflowMetadata | None, now: float, blocks: Sequence[int] = (),
-               cached_fraction: Mapping[str, float] | None = None, prompt_tokens: int = 0) -> Decision:
+               cached_fraction: Mapping[str, float] | None = None, prompt_tokens: int = 0,
+               precise: Mapping[str, int | None] | None = None) -> Decision:
         """Pick the instance with the scheduler and keep the workflow table and the prefix index in step (pure,
-        synchronous). ``prompt_tokens``: the prompt's length (estimated from its text when no tokenizer ran)."""
+        synchronous). ``prompt_tokens``: the prompt's length (estimated from its text when no tokenizer ran);
+        ``precise``: the tokens each instance holds per its KV events (None: no live stream for it)."""
         index = self.prefix_index
         matched = index.match(blocks) if index is not None and blocks else None
         if cached_fraction:
-            cached_tokens = {i: round(f * prompt_tokens) for i, f in cached_fraction.items()}
+            cached_tokens: dict[str, int] | None = {i: round(f * prompt_tokens) for i, f in cached_fraction.items()}
         elif matched is not None:
             cached_tokens = {i: min(prompt_tokens, count * TOKENS_PER_BLOCK) for i, count in matched.items()}
         else:
             cached_tokens = None
+        if precise:  # what the instances report beats any estimate; the estimate stays for the others
+            cached_tokens = dict(cached_tokens or {})
+            for instance, tokens in precise.items():
+                if tokens is not None:
+                    cached_tokens[instance] = tokens
+            if not cached_fraction and prompt_tokens:
+                cached_fraction = {i: min(1.0, t / prompt_tokens) for i, t in cached_tokens.items()}
         workflows = self.workflows
         if metadata is None or not metadata.wants_affinity:
             workflows.expire(now)

@@ -154,3 +154,27 @@ def test_the_index_forgets_what_the_instance_kv_cannot_hold() -> None:
     assert index.match(blocks)["a"] == 64  # the leading blocks stay (vLLM frees a request's blocks tail first)
     index.occupy("a", 40)  # a response's generated tokens push older blocks out
     assert index.match(blocks)["a"] == 24 and index.size("a") == 64
+
+
+class FakePrecise:
+    """What vLLM's KV events say each instance holds (None: that instance has no live event stream)."""
+
+    def __init__(self, tokens: int, held: dict[str, int | None]) -> None:
+        self.tokens, self.held = tokens, held
+
+    async def cached_tokens(self, prompt_text: str, messages: object) -> tuple[int, dict[str, int | None]]:
+        return self.tokens, self.held
+
+
+async def test_kv_events_override_the_estimate_and_move_the_request_to_the_real_holder() -> None:
+    from extproc.metadata import RoutingInput
+    from extproc.requestcontrol.types import Request
+
+    router = _router()
+    prompt = "context the router once sent to vllm-a. " * 120
+    router.prefix_index.learn("a", block_hashes(prompt))  # type: ignore[union-attr]  # the estimate: a holds it
+    # ... but a evicted it and c holds it (another replica routed it there); b has no event stream.
+    router.director.precise = FakePrecise(1200, {"a": 0, "b": None, "c": 1184})
+    request = Request("/v1/completions", "r1", None, None)
+    plan = await router.director.route(request, RoutingInput(None, prompt_text=prompt), 0.0)
+    assert plan.instance == "c"
