@@ -118,6 +118,8 @@ class Settings:
     batching_preference: float = DEFAULT_BATCHING_PREFERENCE
     scheduling_config: str | None = None  # YAML/JSON profiles (extproc/scheduling/profiles.py); None = defaults
     scorer_weights: str = ""  # name=weight,... overriding the profiles' scorer weights
+    priority_scheduling: bool = False  # set vLLM's `priority` from the workflow's attained service
+    priority_half_life: float = 60.0
     keep_workflow_metadata: bool = False
     a2a_url: str | None = None
     store: str = "memory"
@@ -163,6 +165,8 @@ class Settings:
         from extproc.scheduling.profiles import parse_weights  # syntax only; the file is read at start
 
         parse_weights(self.scorer_weights)
+        if self.priority_half_life <= 0:
+            raise ValueError("--priority-half-life must be > 0")
         if self.store != "memory" and not self.store.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("--store must be 'memory' or a redis:// URL")
         if self.kv_index not in ("local", "lmcache"):
@@ -270,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(docs/architecture.md; default: the built-in profiles)")
     add("--scorer-weights", default=_env("scorer-weights", ""),
         help="name=weight,... overriding scorer weights in every profile (e.g. prefix=3,queue=2,kv-headroom=2)")
+    add("--priority-scheduling", type=_bool, nargs="?", const=True,
+        default=_bool(_env("priority-scheduling", False) or ""),
+        help="set vLLM's per-request `priority` from the workflow's least attained service (the servers must run "
+        "with --scheduling-policy priority: under fcfs vLLM refuses a non-zero priority)")
+    add("--priority-half-life", type=float, default=_env("priority-half-life", 60.0),
+        help="seconds after which a workflow's attained service counts half (--priority-scheduling)")
     add("--keep-workflow-metadata", type=_bool, nargs="?", const=True,
         default=_bool(_env("keep-workflow-metadata", False) or ""),
         help="forward workflow_metadata to the backend instead of stripping it from the body")
@@ -355,6 +365,8 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         batching_preference=ns.batching_preference,
         scheduling_config=ns.scheduling_config or None,
         scorer_weights=ns.scorer_weights,
+        priority_scheduling=ns.priority_scheduling,
+        priority_half_life=ns.priority_half_life,
         keep_workflow_metadata=ns.keep_workflow_metadata,
         a2a_url=ns.a2a_url or None,
         store=ns.store,

@@ -60,6 +60,8 @@ class RoutingInput:
     prompt_text: str = ""
     # Chat requests' messages (as parsed), for KV indexes that tokenize the chat template like the backend.
     messages: list[Any] | None = None
+    # The body as received (a JSON object), when the router may add a field to it (vLLM's ``priority``).
+    raw: bytes | None = None
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -157,9 +159,11 @@ def metadata_from_headers(workflow_id: str | None, agent_id: str | None) -> Work
 
 
 def parse_llm_body(
-    raw: bytes, header_metadata: WorkflowMetadata | None, *, strip_metadata: bool
+    raw: bytes, header_metadata: WorkflowMetadata | None, *, strip_metadata: bool, prompt_always: bool = False
 ) -> RoutingInput:
-    """Parse a completions / chat-completions body once and extract its routing input."""
+    """Parse a completions / chat-completions body once and extract its routing input. The prompt text is
+    extracted for requests without workflow affinity, and for every request with ``prompt_always`` (the cost
+    model weighs every request's uncached tokens)."""
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object", None, "invalid_json")
     try:
@@ -177,14 +181,23 @@ def parse_llm_body(
     else:
         metadata = header_metadata
     text, messages = "", None
-    if metadata is None or not metadata.wants_affinity:
+    if prompt_always or metadata is None or not metadata.wants_affinity:
         text = prompt_text(body)
         raw_messages = body.get("messages")
         messages = raw_messages if isinstance(raw_messages, list) else None
     if not strip_metadata or METADATA_FIELD not in body:
-        return RoutingInput(metadata, None, text, messages)
+        return RoutingInput(metadata, None, text, messages, raw)
     del body[METADATA_FIELD]
-    return RoutingInput(metadata, _encode_stripped(raw, body), text, messages)
+    return RoutingInput(metadata, _encode_stripped(raw, body), text, messages, raw)
+
+
+def with_field(body: bytes, name: str, value: int) -> bytes:
+    """``body`` (a JSON object) with ``"name": value`` added as its first member, without a second parse. A
+    member of that name the client sent comes later and wins (JSON parsers, vLLM's included, keep the last)."""
+    start = body.find(b"{")
+    member = f'"{name}":{value}'.encode()
+    rest = body[start + 1:]
+    return b"{" + member + (b"," + rest if rest.strip() != b"}" else b"}")
 
 
 _LONG_DIGIT_RUN = re.compile(rb"\d{19}")

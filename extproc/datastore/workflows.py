@@ -21,6 +21,8 @@ class Assignment:
     requests: int = 0
     failovers: int = 0
     synced_at: float = 0.0  # when a shared registry last confirmed this assignment
+    attained: float = 0.0  # service received (input + 2 x output tokens), decayed; see requestcontrol/priority.py
+    attained_at: float = 0.0
 
 
 class WorkflowTable:

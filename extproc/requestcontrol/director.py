@@ -33,11 +33,12 @@ from extproc.datastore.prefix_index import CHARS_PER_TOKEN, TOKENS_PER_BLOCK, Pr
 from extproc.datastore.shared_assignments import RedisAssignments
 from extproc.datastore.workflows import WorkflowTable
 from extproc.errors import BadRequest
-from extproc.metadata import RoutingInput, WorkflowMetadata, metadata_from_headers, parse_llm_body
+from extproc.metadata import RoutingInput, WorkflowMetadata, metadata_from_headers, parse_llm_body, with_field
 from extproc.metrics import Metrics
 from extproc.reporting import Reporter
 from extproc.requestcontrol.consensus import Consensus
 from extproc.requestcontrol.passive_health import PassiveHealth
+from extproc.requestcontrol.priority import decayed, service, vllm_priority
 from extproc.requestcontrol.types import Decision, Request, Response, RoutePlan
 from extproc.scheduling.framework import Scheduler, SchedulingRequest
 from extproc.usage import extract_usage
@@ -94,6 +95,12 @@ class Director:
         self.consensus = Consensus(assignments, workflows, endpoints) if assignments is not None else None
         self.passive_health = PassiveHealth(endpoints)
         self.strip_metadata = not settings.keep_workflow_metadata
+        self.priority_scheduling = settings.priority_scheduling
+        self.priority_half_life = settings.priority_half_life
+        # The cost model weighs every request's uncached tokens, so it needs every prompt's text.
+        self.prompt_always = precise is not None or any(
+            getattr(weighted.scorer, "kind", weighted.scorer.name) == "cost-model"
+            for profile in scheduler.profiles.values() for weighted in profile.scorers)
         self.cluster_header = settings.cluster_header
         self.prefix_routing = settings.prefix_routing
         self.destinations: dict[str, str] | None = (
@@ -126,7 +133,8 @@ class Director:
         if body is None or request.path not in LLM_PATHS:
             return RoutingInput(request.header_metadata)
         try:
-            return parse_llm_body(body, request.header_metadata, strip_metadata=self.strip_metadata)
+            return parse_llm_body(body, request.header_metadata, strip_metadata=self.strip_metadata,
+                                  prompt_always=self.prompt_always)
         except BadRequest as error:
             self.refused(request, error)
             raise
@@ -159,7 +167,11 @@ class Director:
             if metadata.agent_id is not None:
                 headers.append((AGENT_ID_HEADER, metadata.agent_id))
         destination = self.destinations[instance] if self.destinations is not None else None
-        plan = RoutePlan(instance, tuple(headers), routing.rewritten_body, destination)
+        body = routing.rewritten_body
+        if self.priority_scheduling and routing.raw is not None:
+            priority = self._priority(decision, metadata, now)
+            body = with_field(body if body is not None else routing.raw, "priority", priority)
+        plan = RoutePlan(instance, tuple(headers), body, destination)
         self._account(decision, metadata, request, time.perf_counter() - started)
         return plan
 
@@ -228,6 +240,16 @@ class Director:
         uncached = max(0, prompt_tokens - cached)
         return dataclasses.replace(decision, prefill_tokens=uncached) if uncached else decision
 
+    def _priority(self, decision: Decision, metadata: WorkflowMetadata | None, now: float) -> int:
+        """Least attained service first: a request of a workflow that has had little service runs early."""
+        if decision.workflow_id is None or metadata is None:
+            return 0  # a request of its own is a program that has had no service yet
+        entry = self.workflows.peek(decision.workflow_id)
+        if entry is None:
+            return 0
+        attained = decayed(entry.attained, entry.attained_at, now, self.priority_half_life)
+        return vllm_priority(attained, metadata.workflow_priority)
+
     def refused(self, request: Request, error: BadRequest) -> None:
         """A bad request is answered with its 4xx by the handler; nothing reaches a backend."""
         self.metrics.bad_request(error.code)
@@ -279,6 +301,13 @@ class Director:
             self.metrics.usage(holder, usage)
             if self.prefix_index is not None:  # the generated tokens fill the holder's KV too
                 self.prefix_index.occupy(holder, usage.completion_tokens // TOKENS_PER_BLOCK)
+        if usage is not None and response.workflow_id is not None and self.priority_scheduling:
+            entry = self.workflows.peek(response.workflow_id)
+            if entry is not None:
+                now = self.clock()
+                entry.attained = decayed(entry.attained, entry.attained_at, now, self.priority_half_life) + service(
+                    usage.prompt_tokens, usage.completion_tokens)
+                entry.attained_at = now
         if response.workflow_id is not None:
             self.reporter.completed(response.request_id, response.workflow_id, response.agent_id, instance, usage,
                                     response.status)
