@@ -31,6 +31,29 @@ ceiling (one infinite cache that has seen every earlier request), printed above 
 Latencies are wall-clock at ``--time-scale`` (simulated GPU seconds x time scale = wall seconds): divide a
 latency by the time scale for its simulated H100 figure (router and client overheads, which do not scale, are
 then overstated by the same factor). Prints figures; asserts nothing. ``--quick`` is a tiny run (tests).
+
+The matrix
+----------
+Every axis flag takes a comma list, and the run is their product, one *cell* per combination: ``--shape``
+(``context-first``, ``role-first``, ``fan-out``, ``tool-loop`` from ``benchmarks/workload.py``; ``mooncake``, a
+replay of ``--trace`` by ``benchmarks/mooncake.py``, skipped with a message if the file is absent; ``all``),
+``--instances``, ``--kv`` (``fits`` / ``pressure``), ``--load`` (``low`` / ``high`` / a utilisation / ``as-is``)
+and ``--profile``; ``_matrix.py`` defines each level. Within a cell every contender replays the same plan
+(every arrival and choice drawn from ``--seed``) on a fresh fleet. Each cell prints its table, the load it
+offers (prefill utilisation with no cache hit and at the hit-rate ceiling), the ceiling, and the ratio rows
+``contender mean / workflow-aware mean`` for TTFT, workflow completion and engine TTFT (>= 1.00: ours, with
+metadata, is faster) with the best other contender; the run ends with one summary line per cell. ``--json-out``
+holds every cell (``cells``; ``shapes`` keeps the one-table-per-shape layout when a shape has one cell).
+
+``--matrix`` (= ``--matrix core``) runs every shape x KV fits,pressure x load low,high on 4 instances with the
+default profile: 20 cells x 7 contenders, plans of 20 workflows (context-first, role-first), 12 (fan-out:
+4-8 siblings; tool-loop: 4-8 turns) and 60 trace requests, time scale 0.1. ``--matrix full`` adds 8 instances
+and the compute-bound profile (80 cells). Estimated wall time on the 2-core development machine (printed
+before a run starts): core ~30 min, full ~2 h (see the measured figures in ``docs/benchmark-matrix.md``)::
+
+    python -m benchmarks.compare_routers --matrix --json-out matrix.json
+    python -m benchmarks.compare_routers --matrix full --json-out matrix-full.json
+    python -m benchmarks.compare_routers --quick --shape all --contenders round-robin,workflow-aware
 """
 
 from __future__ import annotations
