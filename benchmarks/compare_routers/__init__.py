@@ -49,7 +49,7 @@ holds every cell (``cells``; ``shapes`` keeps the one-table-per-shape layout whe
 default profile: 20 cells x 7 contenders, plans of 20 workflows (context-first, role-first), 12 (fan-out:
 4-8 siblings; tool-loop: 4-8 turns) and 60 trace requests, time scale 0.1. ``--matrix full`` adds 8 instances
 and the compute-bound profile (80 cells). Estimated wall time on the 2-core development machine (printed
-before a run starts): core ~30 min, full ~2 h (see the measured figures in ``docs/benchmark-matrix.md``)::
+before a run starts): core ~27 min, full ~70 min or more (measured figures: ``docs/benchmark-matrix.md``)::
 
     python -m benchmarks.compare_routers --matrix --json-out matrix.json
     python -m benchmarks.compare_routers --matrix full --json-out matrix-full.json
