@@ -181,7 +181,7 @@ def run_contender(contender: Contender, plan: Plan, settings: RunSettings) -> di
     run_dir = settings.run_dir / f"{plan.config.shape}-{contender.name.replace('/', '-')}"
     run_dir.mkdir(parents=True, exist_ok=True)
     sim_args = ("--time-scale", str(settings.time_scale), "--num-gpu-blocks", str(settings.num_gpu_blocks),
-                "--log-level", "warning", *settings.sim_args)
+                "--log-level", "warning", *settings.sim_args, *contender.sim_args)
     fleet = start_fleet(settings.instances, sim_args, run_dir)
     sims = [f"http://127.0.0.1:{p.ports['http']}" for p in fleet.values()]
     try:
@@ -190,6 +190,7 @@ def run_contender(contender: Contender, plan: Plan, settings: RunSettings) -> di
                 listen_port=0, admin_port=0, with_a2a=False, time_scale=settings.time_scale,
                 external_backends={name: p.ports["http"] for name, p in fleet.items()},
                 baseline_lb_policy=contender.lb_policy, log_level="warning", run_dir=run_dir,
+                extproc_args=contender.extproc_args,
             )
             with Stack(options) as stack:
                 return asyncio.run(replay(stack.url, sims, plan, contender, settings))
@@ -241,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shape", default=None,
                         help=f"comma list of {', '.join(SHAPES)}; 'both' = context-first,role-first; 'all' "
                              "(default context-first; see benchmarks/workload.py and benchmarks/mooncake.py)")
+    parser.add_argument("--ours", default=OURS,
+                        help="the contender every ratio is against (ours with metadata; e.g. "
+                             "workflow-aware/cost-model)")
     parser.add_argument("--contenders", default="all",
                         help=f"comma list of {', '.join(CONTENDERS)}; 'vllm-router' = its three policies; 'all'")
     parser.add_argument("--instances", default=None,
@@ -441,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["shapes"][entry["cell"]["shape"]] = {"plan": entry["plan"], "results": entry["results"]}
     print()
     print(f"=== SUMMARY: {len(cells)} cells, {time.monotonic() - started_all:.0f}s wall; ratios are best other "
-          f"contender's mean / {OURS}'s mean (>= 1.00: ours faster) ===")
+          f"contender's mean / {ns.ours}'s mean (>= 1.00: ours faster) ===")
     for line in report["summary"]:
         print(line)
     if trace_note:
@@ -497,8 +501,8 @@ def run_cell(cell: Cell, plan: Plan, load_figures: dict[str, float], ns: argpars
         "num_gpu_blocks": blocks, "time_scale": time_scale, "hit_rate_ceiling": ceiling,
         "utilisation_at_ceiling": load_figures["utilisation_no_cache"] * (1 - ceiling)
         if math.isfinite(ceiling) else math.nan,
-        "trace": trace_figures, "results": results, "ratios": ratios(results),
+        "trace": trace_figures, "results": results, "ratios": ratios(results, ns.ours), "ours": ns.ours,
     }
-    entry["summary"] = summary_line(cell, entry["ratios"], load_figures["utilisation_no_cache"], ceiling)
+    entry["summary"] = summary_line(cell, entry["ratios"], load_figures["utilisation_no_cache"], ceiling, ns.ours)
     print_shape(cell.shape, figures, results, settings, skipped, cell=entry)
     return entry

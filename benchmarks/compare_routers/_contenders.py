@@ -17,6 +17,11 @@ class Contender:
     lb_policy: str | None = None  # Envoy's own balancer for the baselines
     metadata: bool = False  # send workflow_metadata
     router_policy: str | None = None  # vllm-router --policy
+    extproc_args: tuple[str, ...] = ()  # our ext_proc server's flags (kind "ours")
+    sim_args: tuple[str, ...] = ()  # the fleet's extra simulator flags (part of the contender's setup)
+
+
+COST_MODEL = ("--scheduling-config", "builtin:cost-model")
 
 
 CONTENDERS: dict[str, Contender] = {c.name: c for c in (
@@ -25,6 +30,14 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in (
               lb_policy="LEAST_REQUEST"),
     Contender("prefix-aware", "ours", "our ext_proc, no workflow_metadata: prompt-prefix + load scorers"),
     Contender("workflow-aware", "ours", "our ext_proc, workflow_metadata: workflow affinity", metadata=True),
+    Contender("prefix-aware/cost-model", "ours", "our ext_proc, no workflow_metadata, builtin:cost-model",
+              extproc_args=COST_MODEL),
+    Contender("workflow-aware/cost-model", "ours", "our ext_proc, workflow_metadata, builtin:cost-model",
+              metadata=True, extproc_args=COST_MODEL),
+    Contender("workflow-aware/cost-model+priority", "ours",
+              "our ext_proc, workflow_metadata, builtin:cost-model, --priority-scheduling (the fleet runs vLLM's "
+              "--scheduling-policy priority)", metadata=True, extproc_args=(*COST_MODEL, "--priority-scheduling"),
+              sim_args=("--scheduling-policy", "priority")),
     Contender("vllm-router/round_robin", "vllm-router", "vllm-router --policy round_robin",
               router_policy="round_robin"),
     Contender("vllm-router/consistent_hash", "vllm-router",

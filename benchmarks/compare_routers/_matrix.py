@@ -129,10 +129,10 @@ def kv_blocks(level: str, distinct_tokens: int, largest_request: int, small_defa
     raise SystemExit(f"unknown KV level {level!r}; choose from {', '.join(KV_LEVELS)}")
 
 
-def ratios(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Each contender's mean TTFT, mean workflow completion and engine TTFT over ours-with-metadata's (>= 1:
-    ours is faster), and ours against the best other contender on each."""
-    ours = results.get(OURS)
+def ratios(results: Mapping[str, Mapping[str, Any]], reference: str = OURS) -> dict[str, Any]:
+    """Each contender's mean TTFT, mean workflow completion and engine TTFT over ours-with-metadata's
+    (``reference``; >= 1: ours is faster), and ours against the best other contender on each."""
+    ours = results.get(reference)
     if not ours or "error" in ours:
         return {}
     keys = {"ttft": "ttft_mean_ms", "workflow": "workflow_mean_s", "sim_ttft": "engine_ttft_mean_ms"}
@@ -141,7 +141,7 @@ def ratios(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         if "error" in row:
             continue
         per[name] = {k: _ratio(row.get(key), ours.get(key)) for k, key in keys.items()}
-    others = {n: r for n, r in results.items() if n != OURS and "error" not in r}
+    others = {n: r for n, r in results.items() if n != reference and "error" not in r}
     best: dict[str, Any] = {}
     for k, key in keys.items():
         candidates = [(r[key], n) for n, r in others.items() if _finite(r.get(key))]
@@ -152,10 +152,11 @@ def ratios(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {"per_contender": per, "best_other": best, "ours_best": ours_best}
 
 
-def summary_line(cell: Cell, cell_ratios: Mapping[str, Any], utilisation: float, ceiling: float) -> str:
+def summary_line(cell: Cell, cell_ratios: Mapping[str, Any], utilisation: float, ceiling: float,
+                 reference: str = OURS) -> str:
     best = cell_ratios.get("best_other") or {}
     if not best:
-        return f"{cell.label():<62} no ratio ({OURS} missing or failed)"
+        return f"{cell.label():<62} no ratio ({reference} missing or failed)"
     parts = []
     for k, title in (("ttft", "TTFT"), ("workflow", "WF")):
         if k in best:

@@ -47,14 +47,14 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_ratios(ratios: dict[str, Any]) -> str:
+def format_ratios(ratios: dict[str, Any], reference: str = "workflow-aware") -> str:
     """The ratio rows: each contender's mean TTFT and mean workflow completion over ours-with-metadata's."""
     per = ratios.get("per_contender")
     if not per:
-        return "ratios: none (workflow-aware, ours with metadata, is not in this run or failed)"
+        return f"ratios: none ({reference}, ours with metadata, is not in this run or failed)"
     width = max(len(n) for n in per)
-    lines = [f"ratio vs workflow-aware (>= 1.00: ours faster)  {'':<{max(0, width - 45)}}TTFT mean   WF mean  "
-             "sim TTFT"]
+    title = f"ratio vs {reference} (>= 1.00: ours faster)"
+    lines = [f"{title}  {'':<{max(0, width - len(title))}}TTFT mean   WF mean  sim TTFT"]
     for name, row in per.items():
         lines.append(f"  {name:<{width}} " + " ".join(_cell(row[k], 9, "{:.2f}") for k in ("ttft", "workflow",
                                                                                           "sim_ttft")))
@@ -164,7 +164,7 @@ def print_shape(shape: str, figures: dict[str, Any], results: dict[str, dict[str
               f"earlier request; the role prompt, task line and newest transcript entry are new to every request)")
     print(format_table(results))
     if cell is not None:
-        print(format_ratios(cell.get("ratios") or {}))
+        print(format_ratios(cell.get("ratios") or {}, cell.get("ours", "workflow-aware")))
     if any(c.startswith("vllm-router/") for c in results):
         print("vllm-router: every request carries X-Session-ID = its workflow id (consistent_hash hashes it); the "
               "fleet answers vLLM's /tokenize so cache_aware gets token ids (benchmarks/peers.py)")
