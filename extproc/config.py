@@ -36,6 +36,15 @@ METADATA_FIELD = "workflow_metadata"
 DESTINATION_ENDPOINT_HEADER = "x-gateway-destination-endpoint"
 DESTINATION_METADATA_NAMESPACE = "envoy.lb"
 DESTINATION_MODES = ("cluster-header", "endpoint")
+# Per-request deadlines (requestcontrol/deadline.py, docs/resilience.md): Envoy's per-try timeout header (the
+# router filter's mutation_rules allow ext_proc to set x-envoy-* headers), and the header naming the stream-idle
+# route (one route per bucket, each with that per_try_idle_timeout; extproc/envoy_config/_routes.py).
+PER_TRY_TIMEOUT_HEADER = "x-envoy-upstream-rq-per-try-timeout-ms"
+STREAM_IDLE_HEADER = "x-router-stream-idle-s"
+STREAM_IDLE_BUCKETS_S = (2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+DEFAULT_DEADLINE_FLOOR_S = 10.0
+DEFAULT_DEADLINE_MULTIPLIER = 3.0
+DEFAULT_DEADLINE_MAX_TOKENS = 4096
 # Paths whose JSON body is parsed for routing; any other path is routed on headers only.
 LLM_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 
@@ -154,6 +163,10 @@ class Settings:
     # --- A2A authentication (docs/security.md): the reporter's bearer token, from a file or EXTPROC_A2A_TOKEN
     a2a_token_file: str | None = None
     a2a_token: str | None = field(default=None, repr=False)
+    # --- per-request deadlines (docs/resilience.md) ---
+    deadline_floor: float = DEFAULT_DEADLINE_FLOOR_S
+    deadline_multiplier: float = DEFAULT_DEADLINE_MULTIPLIER
+    deadline_max_tokens: int = DEFAULT_DEADLINE_MAX_TOKENS
 
     def validate(self) -> Settings:
         if self.workflow_ttl <= 0:
@@ -188,6 +201,8 @@ class Settings:
         if not self.cluster_header or self.cluster_header.lower() != self.cluster_header:
             raise ValueError("--cluster-header must be a non-empty lower-case header name")
         self._validate_gie_and_tls()
+        if self.deadline_floor < 0 or self.deadline_multiplier < 1 or self.deadline_max_tokens < 1:
+            raise ValueError("--deadline-floor must be >= 0, --deadline-multiplier >= 1, --deadline-max-tokens >= 1")
         return self
 
     def _validate_kv_events(self) -> None:
@@ -349,6 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--a2a-token-file", default=_env("a2a-token-file", None),
         help="file holding the bearer token (router JWT or admin token) sent with reports when the A2A service "
         f"runs with --auth jwt; or put the token itself in {ENV_PREFIX}A2A_TOKEN")
+    add("--deadline-floor", type=float, default=_env("deadline-floor", DEFAULT_DEADLINE_FLOOR_S),
+        help="seconds: the shortest per-request deadline (Envoy's per-try timeout, set per request: a request not "
+        "answered by then is retried once on another instance); 0 = no deadlines")
+    add("--deadline-multiplier", type=float, default=_env("deadline-multiplier", DEFAULT_DEADLINE_MULTIPLIER),
+        help="deadline = max(--deadline-floor, this x the expected duration: TTFT + max_tokens x ITL, the "
+        "instance's recent means in wall seconds); streams: idle bound from the same floor and multiplier")
+    add("--deadline-max-tokens", type=int, default=_env("deadline-max-tokens", DEFAULT_DEADLINE_MAX_TOKENS),
+        help="max_tokens assumed for the deadline of a request that sets none")
     return parser
 
 
@@ -399,4 +422,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         a2a_tls_key_file=ns.a2a_tls_key_file,
         a2a_token_file=ns.a2a_token_file or None,
         a2a_token=os.environ.get(ENV_PREFIX + "A2A_TOKEN") or None,
+        deadline_floor=ns.deadline_floor,
+        deadline_multiplier=ns.deadline_multiplier,
+        deadline_max_tokens=ns.deadline_max_tokens,
     ).validate()

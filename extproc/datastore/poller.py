@@ -37,6 +37,13 @@ _GAUGES = {
     "vllm:prefix_cache_hits_total": "prefix_hits",
     "vllm:request_prefill_time_seconds_sum": "prefill_seconds",
     "vllm:request_prefill_time_seconds_count": "prefills",
+    # Latency histograms the per-request deadlines learn from (requestcontrol/deadline.py; engine seconds).
+    "vllm:time_to_first_token_seconds_sum": "ttft_seconds",
+    "vllm:time_to_first_token_seconds_count": "ttfts",
+    "vllm:inter_token_latency_seconds_sum": "itl_seconds",
+    "vllm:inter_token_latency_seconds_count": "itls",
+    "vllm:e2e_request_latency_seconds_sum": "e2e_seconds",
+    "vllm:e2e_request_latency_seconds_count": "e2es",
 }
 # vllm:cache_config_info{block_size="16",num_gpu_blocks="27950",...} 1.0: the instance's KV capacity.
 _CACHE_INFO = "vllm:cache_config_info"
@@ -54,6 +61,12 @@ class BackendLoad:
     prefill_seconds: float = 0.0  # histogram sum of vllm:request_prefill_time_seconds
     prefills: float = 0.0  # its count
     kv_capacity_tokens: float = 0.0  # num_gpu_blocks x block_size (0: not reported)
+    ttft_seconds: float = 0.0  # histogram sums and counts of TTFT, inter-token and end-to-end latency
+    ttfts: float = 0.0
+    itl_seconds: float = 0.0
+    itls: float = 0.0
+    e2e_seconds: float = 0.0
+    e2es: float = 0.0
 
 
 def _label(line: str, name: str) -> str | None:
