@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from extproc.config import DESTINATION_ENDPOINT_HEADER
+from extproc.config import DESTINATION_ENDPOINT_HEADER, PER_TRY_TIMEOUT_HEADER, STREAM_IDLE_HEADER
 from extproc.envoy_config._options import (
     EXTPROC_CLUSTER,
     JSON_ERROR_CODES,
@@ -68,8 +68,9 @@ def json_error_codes(options: EnvoyOptions) -> tuple[int, ...]:
 
 
 def _header_mutation_filter(options: EnvoyOptions) -> dict[str, Any]:
-    # A client-sent cluster header is removed before ext_proc runs, so only our decision can pick a cluster.
-    removed_headers = [{"remove": options.cluster_header}]
+    # A client-sent cluster header is removed before ext_proc runs, so only our decision can pick a cluster; the
+    # same for the request's deadline (per-try timeout) and stream-idle route.
+    removed_headers = [{"remove": h} for h in (options.cluster_header, PER_TRY_TIMEOUT_HEADER, STREAM_IDLE_HEADER)]
     if options.gie:
         # A client-chosen destination would let anyone make Envoy connect to any ip:port.
         removed_headers.append({"remove": DESTINATION_ENDPOINT_HEADER})
@@ -91,6 +92,9 @@ def _router_filter(options: EnvoyOptions) -> dict[str, Any]:
                              "timeout": duration(options.message_timeout_s)},
             "failure_mode_allow": options.failure_mode_allow,
             "message_timeout": duration(options.message_timeout_s),
+            # The answer sets Envoy's per-try timeout header (x-envoy-upstream-rq-per-try-timeout-ms), which the
+            # default rules refuse (x-envoy-*): requestcontrol/deadline.py.
+            "mutation_rules": {"allow_envoy": True},
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "response_header_mode": "SKIP",

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from extproc.config import DESTINATION_ENDPOINT_HEADER, FALLBACK_HEADER, SERVED_BY_HEADER
+from extproc.config import (
+    DESTINATION_ENDPOINT_HEADER,
+    FALLBACK_HEADER,
+    SERVED_BY_HEADER,
+    STREAM_IDLE_BUCKETS_S,
+    STREAM_IDLE_HEADER,
+)
 from extproc.envoy_config._options import (
     A2A_CLUSTER,
     A2A_ROUTE_PREFIX,
@@ -93,6 +99,25 @@ def _routed_route(options: EnvoyOptions, served_by: list[dict[str, Any]]) -> dic
     }
 
 
+def _stream_idle_routes(options: EnvoyOptions, served_by: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One route per idle bucket: the ext_proc names the bucket of a streamed request (a stream's response starts
+    at once, so the per-try timeout no longer applies; a stream silent for this long is dead: its attempt is
+    reset, retried elsewhere if nothing was sent yet, else cut). requestcontrol/deadline.py picks the bucket."""
+    found = []
+    for bucket in STREAM_IDLE_BUCKETS_S:
+        idle = bucket if options.per_try_idle_timeout_s is None else min(bucket, options.per_try_idle_timeout_s)
+        found.append({
+            "name": f"routed-by-extproc-stream-idle-{bucket:g}s",
+            "match": {"prefix": "/", "headers": [
+                {"name": options.cluster_header, "present_match": True},
+                {"name": STREAM_IDLE_HEADER, "string_match": {"exact": f"{bucket:g}"}}]},
+            "route": {"cluster_header": options.cluster_header, "timeout": duration(options.upstream_timeout_s),
+                      "retry_policy": retry_policy(idle)},
+            "response_headers_to_add": served_by,
+        })
+    return found
+
+
 def _fallback_route(options: EnvoyOptions, served_by: list[dict[str, Any]]) -> dict[str, Any]:
     # Reached only when the ext_proc server did not answer (failure_mode_allow): no affinity, but served.
     return {
@@ -126,6 +151,8 @@ def routes(options: EnvoyOptions) -> list[dict[str, Any]]:
     result: list[dict[str, Any]] = list(options.extra_routes)
     if options.a2a:
         result.append(_a2a_route())
+    if not options.gie:
+        result += _stream_idle_routes(options, served_by)
     result += [_routed_route(options, served_by), _fallback_route(options, served_by)]
     if options.baseline_lb_policy is not None:
         result = [r for r in result if r["name"] == "a2a"] + [_baseline_route(options, served_by)]
