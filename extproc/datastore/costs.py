@@ -81,7 +81,11 @@ DEFAULT_COST = PrefillCost(0.0, 1.0, 0.0, False)
 class CostModel:
     """The learned :class:`PrefillCost` of every instance, updated from each published snapshot."""
 
-    def __init__(self, instances: tuple[str, ...]) -> None:
+    def __init__(self, instances: tuple[str, ...], per_instance: bool = False) -> None:
+        # One fleet-wide fit by default: instances of one model on one kind of GPU cost the same per token, and
+        # per-instance fits mostly measure which instance happened to be busy (a prefill's measured time
+        # includes the steps it shared), which would push work away from exactly the warm instances.
+        self.per_instance = per_instance
         self._fits = {i: PrefillFit() for i in instances}
         self._pooled = PrefillFit()
         self._previous: dict[str, BackendLoad] = {}
@@ -115,7 +119,7 @@ class CostModel:
     def _refresh(self) -> None:
         pooled = self._pooled.solve()
         for instance, fit in self._fits.items():
-            solved = fit.solve() if fit.windows >= 3 else None
+            solved = fit.solve() if self.per_instance and fit.windows >= 3 else None
             solved = solved or pooled
             if solved is None:
                 continue

@@ -37,6 +37,13 @@ def _preference(parameters: Mapping[str, Any], context: PluginContext) -> float:
     return float(value)
 
 
+def _non_negative(parameters: Mapping[str, Any], name: str, default: float) -> float:
+    value = parameters.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0.0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 Factory = Callable[[Mapping[str, Any], PluginContext], object]
 
 PLUGINS: dict[str, Factory] = {
@@ -48,7 +55,7 @@ PLUGINS: dict[str, Factory] = {
     "queue": lambda p, c: QueueScorer(),
     "kv-headroom": lambda p, c: KVHeadroomScorer(),
     "max-score": lambda p, c: MaxScorePicker(),
-    "cost-model": lambda p, c: CostModelScorer(),
+    "cost-model": lambda p, c: CostModelScorer(_non_negative(p, "work_weight", 0.0)),
 }
 
 
