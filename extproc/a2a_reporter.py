@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import grpc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -43,8 +43,12 @@ class A2AReporter:
         interval: float = DEFAULT_INTERVAL_S,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
+        instance_urls: Mapping[str, str] | None = None,
     ) -> None:
         self.target = target
+        # Instances are reported by base URL when known (--backends name=url): the seed document's
+        # `assigned_instance` is "http://vllm-1:8000"; without a URL, by name.
+        self._urls = dict(instance_urls or {})
         # A router (or admin) bearer token when the A2A service runs with --auth jwt; never logged.
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.credentials = credentials  # TLS (with a client certificate when the A2A service requires mTLS)
@@ -69,7 +73,8 @@ class A2AReporter:
 
     def routed(self, request_id: str, decision: Decision, metadata: WorkflowMetadata | None, elapsed: float) -> None:
         agent = metadata.agent_id if metadata is not None else None
-        self._push((_ROUTED, request_id, decision.workflow_id, agent, decision.instance, decision.affinity_hit,
+        instance = self._urls.get(decision.instance, decision.instance)
+        self._push((_ROUTED, request_id, decision.workflow_id, agent, instance, decision.affinity_hit,
                     decision.failover, elapsed, time.time(), 0, 0, 0))
 
     def completed(
@@ -77,8 +82,8 @@ class A2AReporter:
         status: int,
     ) -> None:
         prompt, cached = (usage.prompt_tokens, usage.cached_tokens) if usage is not None else (0, 0)
-        self._push((_COMPLETED, request_id, workflow_id, agent_id, instance, False, False, 0.0, time.time(),
-                    prompt, cached, status))
+        self._push((_COMPLETED, request_id, workflow_id, agent_id, self._urls.get(instance, instance), False, False,
+                    0.0, time.time(), prompt, cached, status))
 
     # --- background ----------------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -91,7 +91,8 @@ def build_reporter(settings: Settings) -> Reporter:
         return NullReporter()
     from extproc.a2a_reporter import A2AReporter  # imported lazily: only when reporting is on
 
-    return A2AReporter(settings.a2a_url, credentials=a2a_channel_credentials(settings), token=a2a_token(settings))
+    return A2AReporter(settings.a2a_url, credentials=a2a_channel_credentials(settings), token=a2a_token(settings),
+                       instance_urls={b.cluster: b.url for b in settings.backends if b.url})
 
 
 def a2a_token(settings: Settings) -> str | None:
