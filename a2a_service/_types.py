@@ -132,7 +132,8 @@ class WorkflowStatus:
     completed_requests: int
     failed_requests: int
     cache_hits: int  # completed requests with cached_tokens > 0
-    cache_hit_rate: float  # cached_tokens / prompt_tokens
+    cache_hit_rate: float  # cache_hits / total_requests (the seed document's definition)
+    cached_token_rate: float  # cached_tokens / prompt_tokens: the share of prompt tokens served from cache
     prompt_tokens: int
     cached_tokens: int
     avg_routing_latency_seconds: float
@@ -157,7 +158,8 @@ class SystemStats:
     affinity_hit_rate: float
     completed_requests: int
     cache_hits: int
-    cache_hit_rate: float
+    cache_hit_rate: float  # cache_hits / total_requests
+    cached_token_rate: float  # cached_tokens / prompt_tokens
     prompt_tokens: int
     cached_tokens: int
     records_rejected: int

@@ -25,10 +25,12 @@ DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024  # bytes of encoded JSON payload
 ENVELOPE_ALLOWANCE = 4 * 1024
 DEFAULT_MESSAGE_TTL = 300.0  # seconds
 MAX_MESSAGE_TTL = 7 * 24 * 3600.0
-DEFAULT_RECEIVE_TIMEOUT = 5.0  # seconds a receive waits on an empty queue when the caller does not say
-DEFAULT_RECEIVE_TIMEOUT_CAP = 30.0  # longer requested waits are shortened to this
-DEFAULT_MAX_MESSAGES = 10  # per receive when the caller does not say
-DEFAULT_MAX_MESSAGES_CAP = 100  # larger requested batches are shortened to this
+# Receive defaults and limits are the upstream workflow API's (vllm-project/production-stack PR #625,
+# docs/compatibility.md): a longer wait or a larger batch than the limit is refused (422), not shortened.
+DEFAULT_RECEIVE_TIMEOUT = 1.0  # seconds a receive waits on an empty queue when the caller does not say
+DEFAULT_RECEIVE_TIMEOUT_CAP = 30.0  # the longest wait a receive may ask for
+DEFAULT_MAX_MESSAGES = 100  # per receive when the caller does not say
+DEFAULT_MAX_MESSAGES_CAP = 1000  # the largest batch a receive may ask for
 # A receive stops adding messages once their payloads total this much (the first always goes), so a
 # batch of large messages does not become a 100 MiB response.
 DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024
@@ -39,6 +41,10 @@ DEFAULT_MAX_WORKFLOWS = 1000
 DEFAULT_MAX_AGENTS_PER_WORKFLOW = 1000
 DEFAULT_WORKFLOW_TTL = 3600.0  # a workflow without activity for this long is removed with its queues
 DEFAULT_CLEANUP_INTERVAL = 1.0  # seconds between background sweeps
+# The router reports requests in batches (extproc/a2a_reporter.py, every 50 ms): a status read of a workflow
+# with requests routed but not yet reported complete waits up to this long for their completion reports, so
+# that a status read right after a response counts it (docs/compatibility.md, "accounting lag").
+DEFAULT_STATUS_SETTLE = 0.25
 DEFAULT_MAX_ACK_IDS = 1000  # message ids per ack call
 DEFAULT_MAX_RECORDS_PER_BATCH = 10_000
 DEFAULT_SHUTDOWN_GRACE = 3.0  # seconds in-flight requests get after SIGTERM
@@ -116,6 +122,7 @@ class Settings:
     max_agents_per_workflow: int = DEFAULT_MAX_AGENTS_PER_WORKFLOW
     workflow_ttl: float = DEFAULT_WORKFLOW_TTL
     cleanup_interval: float = DEFAULT_CLEANUP_INTERVAL
+    status_settle: float = DEFAULT_STATUS_SETTLE
     max_ack_ids: int = DEFAULT_MAX_ACK_IDS
     max_records_per_batch: int = DEFAULT_MAX_RECORDS_PER_BATCH
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
@@ -145,6 +152,11 @@ class Settings:
         """Largest HTTP request body read at all (payload limit + envelope allowance)."""
         return self.max_message_size + ENVELOPE_ALLOWANCE
 
+    @property
+    def default_timeout(self) -> float:
+        """The wait of a receive that names none: the default, within the limit (which may be set lower)."""
+        return min(self.default_receive_timeout, self.receive_timeout_cap)
+
     def validate(self) -> Settings:
         """Raise ``ValueError`` naming the first invalid setting; return ``self`` for chaining."""
         for name in ("http_port", "grpc_port"):
@@ -161,7 +173,7 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("default_receive_timeout", "shutdown_grace", "drain_delay"):
+        for name in ("default_receive_timeout", "shutdown_grace", "drain_delay", "status_settle"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.default_message_ttl > self.max_message_ttl:
@@ -202,9 +214,9 @@ _FLAGS: tuple[tuple[str, str, type], ...] = (
     ("default_message_ttl", "seconds a message lives when the sender gives no ttl", float),
     ("max_message_ttl", "largest ttl a sender may ask for, seconds", float),
     ("default_receive_timeout", "long-poll wait when the receiver gives no timeout, seconds", float),
-    ("receive_timeout_cap", "longest long-poll wait, seconds (longer requests are shortened)", float),
+    ("receive_timeout_cap", "longest long-poll wait a receiver may ask for, seconds (longer: 422)", float),
     ("default_max_messages", "messages per receive when the receiver does not say", int),
-    ("max_messages_cap", "largest batch per receive (larger requests are shortened)", int),
+    ("max_messages_cap", "largest batch a receiver may ask for (larger: 422)", int),
     ("max_batch_bytes", "payload bytes per receive batch (the first message always goes)", int),
     ("visibility_timeout", "lease of an ack=true receive, seconds", float),
     ("max_visibility_timeout", "longest lease a receiver may ask for, seconds", float),
@@ -213,6 +225,8 @@ _FLAGS: tuple[tuple[str, str, type], ...] = (
     ("max_agents_per_workflow", "agents known per workflow; a new one beyond answers 429", int),
     ("workflow_ttl", "seconds without activity after which a workflow and its queues are removed", float),
     ("cleanup_interval", "seconds between background sweeps (expiry, leases, idle workflows)", float),
+    ("status_settle", "seconds a workflow status read waits for requests routed but not yet reported complete "
+     "(0: answer at once)", float),
     ("max_ack_ids", "message ids per ack call", int),
     ("max_records_per_batch", "request records per RecordRequests call", int),
     ("shutdown_grace", "seconds in-flight requests get after SIGTERM", float),

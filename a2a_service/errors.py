@@ -59,9 +59,19 @@ class A2AError(Exception):
         self.param = param
         self.code = code or self.default_code
 
-    def to_json(self) -> dict[str, Any]:
-        """The ``{"error": {...}}`` body every HTTP error uses."""
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+    def to_json(self, http_status: int | None = None) -> dict[str, Any]:
+        """The body every HTTP error uses: ``{"detail": ..., "error": {message, type, param, code}}``.
+
+        ``detail`` is what FastAPI clients of the upstream API read (docs/compatibility.md): the message, or for a
+        422 FastAPI's validation list ``[{"type", "loc", "msg"}]``. ``error`` carries the fields our clients use.
+        ``http_status``: the status actually answered, when it is not the class's own."""
+        detail: Any = self.message
+        if (http_status or self.http_status) == 422:
+            detail = [{"type": self.code, "loc": _location(self.param), "msg": self.message}]
+        return {
+            "detail": detail,
+            "error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code},
+        }
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, param={self.param!r}, code={self.code!r})"
@@ -151,6 +161,21 @@ class StoreUnavailableError(UnavailableError):
     rather than down, the call may still have taken effect (a send may have been enqueued)."""
 
     default_code = "store_unavailable"
+
+
+_QUERY_PARAMS = frozenset({"timeout", "max_messages", "ack", "visibility_timeout"})
+_PATH_PARAMS = frozenset({"workflow_id", "agent_id"})
+
+
+def _location(param: str | None) -> list[str | int]:
+    """FastAPI's ``loc`` for a parameter: ``["query", "timeout"]``, ``["path", "workflow_id"]``, ``["body", ...]``."""
+    if param is None:
+        return ["body"]
+    if param in _QUERY_PARAMS:
+        return ["query", param]
+    if param in _PATH_PARAMS:
+        return ["path", param]
+    return ["body", *param.split(".")]
 
 
 _BY_CODE: dict[str, type[A2AError]] = {

@@ -120,8 +120,9 @@ async def run_demo(url: str, *, with_a2a: bool = True) -> None:
             print(f"  GET /v1/workflows/{workflow_id}/status:")
             print(f"    assigned_instance={status.assigned_instance} total_requests={status.total_requests} "
                   f"affinity_hits={status.affinity_hits} cache_hits={status.cache_hits} "
-                  f"cache_hit_rate={status.cache_hit_rate:.2f} (cached {status.cached_tokens} of "
-                  f"{status.prompt_tokens} prompt tokens) active_agents={status.active_agents} "
+                  f"cache_hit_rate={status.cache_hit_rate:.2f} cached_token_rate={status.cached_token_rate:.2f} "
+                  f"(cached {status.cached_tokens} of {status.prompt_tokens} prompt tokens) "
+                  f"active_agents={status.active_agents} "
                   f"messages sent={status.messages.sent} delivered={status.messages.delivered}")
 
 

@@ -84,6 +84,7 @@ def print_status(status: WorkflowStatus) -> None:
     print(f"  GET /v1/workflows/{status.workflow_id}/status: assigned_instance={status.assigned_instance} "
           f"total_requests={status.total_requests} affinity_hits={status.affinity_hits} "
           f"cache_hits={status.cache_hits} cache_hit_rate={status.cache_hit_rate:.2f} "
+          f"cached_token_rate={status.cached_token_rate:.2f} "
           f"agents={list(status.agents)} messages sent={status.messages.sent} "
           f"delivered={status.messages.delivered}")
 

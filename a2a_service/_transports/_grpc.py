@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from .._stores._protocol import Store
+from .._stores._settle import settled_status
 from .._types import SendRequest
 from .._validation import check_payload_bytes
 from ..config import TRACEPARENT_HEADER, Settings
@@ -35,7 +36,7 @@ from ._proto import (
     stats_to_pb,
     status_to_pb,
 )
-from ._wire import DEFAULT_MESSAGE_TYPE
+from ._wire import DEFAULT_MESSAGE_TYPE, check_receive_limits, may_have_more
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -129,9 +130,12 @@ class A2AServicer(pb_grpc.A2AServiceServicer):  # type: ignore[misc]  # generate
     def _batch(self, request: pb.ReceiveMessagesRequest | pb.SubscribeRequest) -> int:
         if not request.HasField("max_messages"):
             return self._settings.default_max_messages
-        if request.max_messages < 1:
-            raise InvalidRequestError("max_messages must be >= 1", param="max_messages", code="out_of_range")
-        return min(request.max_messages, self._settings.max_messages_cap)
+        cap = self._settings.max_messages_cap
+        if not 1 <= request.max_messages <= cap:
+            raise InvalidRequestError(
+                f"max_messages must be >= 1 and <= {cap}", param="max_messages", code="out_of_range"
+            )
+        return request.max_messages
 
     def _lease(self, request: pb.ReceiveMessagesRequest | pb.SubscribeRequest) -> float | None:
         if not request.ack:
@@ -174,17 +178,19 @@ class A2AServicer(pb_grpc.A2AServiceServicer):  # type: ignore[misc]  # generate
     async def ReceiveMessages(self, request: pb.ReceiveMessagesRequest, context: Context) -> Any:
         self._check(context, Action.RECEIVE, request.workflow_id, request.agent_id)
         s = self._settings
-        timeout = request.timeout_seconds if request.HasField("timeout_seconds") else s.default_receive_timeout
-        if not (math.isfinite(timeout) and timeout >= 0):
-            raise InvalidRequestError("timeout_seconds must be >= 0", param="timeout_seconds", code="out_of_range")
+        timeout = request.timeout_seconds if request.HasField("timeout_seconds") else s.default_timeout
+        batch = self._batch(request)
+        check_receive_limits(timeout, batch, s, timeout_param="timeout_seconds")
         out = await self._store.receive(
             request.workflow_id,
             request.agent_id,
-            max_messages=self._batch(request),
-            timeout=min(timeout, s.receive_timeout_cap),
+            max_messages=batch,
+            timeout=timeout,
             visibility_timeout=self._lease(request),
         )
-        return pb.ReceiveMessagesResponse(messages=[delivery_to_pb(d) for d in out])
+        return pb.ReceiveMessagesResponse(
+            messages=[delivery_to_pb(d) for d in out], has_more=may_have_more(out, batch, s)
+        )
 
     @_translate
     async def Subscribe(self, request: pb.SubscribeRequest, context: Context) -> None:
@@ -215,7 +221,7 @@ class A2AServicer(pb_grpc.A2AServiceServicer):  # type: ignore[misc]  # generate
     @_translate
     async def GetWorkflowStatus(self, request: pb.GetWorkflowStatusRequest, context: Context) -> Any:
         self._check(context, Action.STATUS, request.workflow_id)
-        return status_to_pb(await self._store.status(request.workflow_id))
+        return status_to_pb(await settled_status(self._store, request.workflow_id, self._settings.status_settle))
 
     @_translate
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> Any:

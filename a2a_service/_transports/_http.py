@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from .._logging import reset_trace, set_trace
 from .._stores._protocol import Store
+from .._stores._settle import settled_status
 from .._validation import check_id, sanitize_for_log
 from ..config import Settings
 from ..errors import A2AError, InvalidRequestError, NotFoundError, UnauthenticatedError, UnavailableError
@@ -110,7 +111,7 @@ def _add_fixed_workflow_routes(app: A2AApp, hot: HotPaths) -> None:
     async def get_stats(request: Request) -> Response:
         """System-wide figures (monotonic counters since start, plus current gauges). Admin."""
         hot.check(request.scope, Action.STATS)
-        return Response(_wire.encode(await store.stats()), media_type=JSON)
+        return Response(_wire.encode_stats(await store.stats()), media_type=JSON)
 
     @app.post(
         "/v1/workflows/records",
@@ -129,7 +130,6 @@ def _add_fixed_workflow_routes(app: A2AApp, hot: HotPaths) -> None:
 def _add_message_routes(app: A2AApp, hot: HotPaths) -> None:
     @app.post(
         "/v1/workflows/{workflow_id}/messages",
-        status_code=201,
         response_model=SendMessageResult,
         responses=ERRORS,
         openapi_extra=body_doc(SendMessageBody),
@@ -137,7 +137,7 @@ def _add_message_routes(app: A2AApp, hot: HotPaths) -> None:
     )
     async def send_message(workflow_id: WorkflowId, request: Request) -> Response:
         """Enqueue a message for `target_agent` (or every other known agent with `*`)."""
-        return Response(await hot.send(workflow_id, request.scope, request.receive), 201, media_type=JSON)
+        return Response(await hot.send(workflow_id, request.scope, request.receive), media_type=JSON)
 
     @app.get(
         "/v1/workflows/{workflow_id}/agents/{agent_id}/messages",
@@ -169,9 +169,11 @@ def _add_workflow_routes(app: A2AApp, hot: HotPaths) -> None:
         "/v1/workflows/{workflow_id}/status", response_model=WorkflowStatusOut, responses=ERRORS, tags=["workflows"]
     )
     async def get_status(workflow_id: WorkflowId, request: Request) -> Response:
-        """The workflow's routing statistics and message queues."""
+        """The workflow's routing statistics and message queues. Waits up to `--status-settle` seconds for the
+        router's reports of requests routed but not yet reported complete."""
         hot.check(request.scope, Action.STATUS, workflow_id)
-        return Response(_wire.encode(await store.status(workflow_id)), media_type=JSON)
+        status = await settled_status(store, workflow_id, hot.settings.status_settle)
+        return Response(_wire.encode(status), media_type=JSON)
 
     @app.delete("/v1/workflows/{workflow_id}", response_model=DeleteResultOut, responses=ERRORS, tags=["workflows"])
     async def delete_workflow(workflow_id: WorkflowId, request: Request) -> Response:
@@ -275,10 +277,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             )
         elif exc.status_code == 405:
             err = InvalidRequestError(f"method {request.method} not allowed here", code="method_not_allowed")
-            return Response(_wire.encode(err.to_json()), status_code=405, media_type=JSON)
+            return Response(_wire.encode(err.to_json(405)), status_code=405, media_type=JSON)
         else:
             err = InvalidRequestError(str(exc.detail), code="http_error")
-            return Response(_wire.encode(err.to_json()), status_code=exc.status_code, media_type=JSON)
+            return Response(_wire.encode(err.to_json(exc.status_code)), status_code=exc.status_code, media_type=JSON)
         return _error_response(err)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:

@@ -96,18 +96,30 @@ def _from_dataclasses(
 
 QueueStatusOut = _from_dataclasses("QueueStatusOut", QueueStatus)
 MessageCountersOut = _from_dataclasses("MessageCountersOut", MessageCounters)
+# Upstream's keys (docs/compatibility.md), sent beside ours with the same values.
+_UPSTREAM_ITEM = {
+    "id": (str, Field(description="= message_id (upstream's key)")),
+    "source": (str, Field(description="= source_agent (upstream's key)")),
+    "type": (str, Field(description="= message_type (upstream's key)")),
+    "timestamp": (float, Field(description="= created_at (upstream's key)")),
+}
 MessageOut = _from_dataclasses(
     "MessageOut",
     Message,
     Delivery,
     omit=("message", "sequence"),  # a delivery is sent as its message's fields; the sequence stays inside
-    fields={"lease_expires_at": (float | None, Field(description="Set when received with ack=true"))},
+    fields={**_UPSTREAM_ITEM, "lease_expires_at": (float | None, Field(description="Set when received with ack=true"))},
+    order=tuple(_UPSTREAM_ITEM),
 )
 SendMessageResult = _from_dataclasses(
     "SendMessageResult",
     SendResult,
-    fields={"workflow_id": (str, ...)},
-    order=("message_id", "workflow_id"),
+    fields={
+        "status": (str, Field(description='Always "sent" (upstream\'s field)')),
+        "timestamp": (float, Field(description="= created_at (upstream's field)")),
+        "workflow_id": (str, ...),
+    },
+    order=("message_id", "status", "timestamp", "workflow_id"),
 )
 AckResultOut = _from_dataclasses("AckResultOut", AckResult)
 RecordResultOut = _from_dataclasses("RecordResultOut", RecordResult)
@@ -115,13 +127,54 @@ DeleteResultOut = _from_dataclasses("DeleteResultOut", DeleteResult)
 WorkflowStatusOut = _from_dataclasses(
     "WorkflowStatusOut",
     WorkflowStatus,
-    fields={"cache_hit_rate": (float, Field(description="cached_tokens / prompt_tokens"))},
+    fields={
+        "cache_hit_rate": (float, Field(description="cache_hits / total_requests")),
+        "cached_token_rate": (float, Field(description="cached_tokens / prompt_tokens")),
+        "assigned_instance": (
+            str | None,
+            Field(description="The instance's base URL when the router knows it (--backends name=url), else its name"),
+        ),
+    },
 )
-SystemStatsOut = _from_dataclasses("SystemStatsOut", SystemStats)
+
+
+class WorkflowRoutingOut(BaseModel):
+    total_requests: int
+    cache_hits: int
+    cache_hit_rate: float
+    routing_decisions: int
+
+
+class WorkflowManagerOut(BaseModel):
+    total_workflows_created: int
+    total_workflows_expired: int
+    active_workflows: int
+    total_agents: int
+
+
+class MessageQueueOut(BaseModel):
+    total_queues: int
+    total_messages_sent: int
+    total_messages_received: int
+    total_messages_expired: int
+    total_pending_messages: int
+
+
+SystemStatsOut = _from_dataclasses(
+    "SystemStatsOut",
+    SystemStats,
+    fields={
+        "workflow_routing": (WorkflowRoutingOut, Field(description="Upstream's section (same figures as above)")),
+        "workflow_manager": (WorkflowManagerOut, Field(description="Upstream's section")),
+        "message_queue": (MessageQueueOut, Field(description="Upstream's section")),
+    },
+)
 
 
 class ReceiveResult(BaseModel):
     messages: list[MessageOut]  # type: ignore[valid-type]  # a model class generated at import
+    count: int
+    has_more: bool = Field(description="The batch is full or may have been cut at the batch-size limit")
 
 
 # ---------------------------------------------------------------------- request bodies
@@ -177,6 +230,8 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    detail: Any = Field(description="FastAPI's shape (upstream clients): the message, or for 422 a list of "
+                        "{type, loc, msg}")
     error: ErrorDetail
 
 
@@ -213,14 +268,23 @@ def receive_params_doc(settings: Settings) -> dict[str, Any]:
         "parameters": [
             param(
                 "timeout",
-                {"type": "number", "minimum": 0, "default": settings.default_receive_timeout},
-                f"Seconds to wait when the queue is empty (longer values are shortened to "
-                f"{settings.receive_timeout_cap:g})",
+                {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": settings.receive_timeout_cap,
+                    "default": settings.default_receive_timeout,
+                },
+                f"Seconds to wait when the queue is empty (at most {settings.receive_timeout_cap:g}; 0: do not wait)",
             ),
             param(
                 "max_messages",
-                {"type": "integer", "minimum": 1, "default": settings.default_max_messages},
-                f"Most messages to return (larger values are shortened to {settings.max_messages_cap})",
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": settings.max_messages_cap,
+                    "default": settings.default_max_messages,
+                },
+                "Most messages to return",
             ),
             param(
                 "ack",

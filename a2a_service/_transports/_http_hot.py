@@ -107,7 +107,7 @@ class HotPaths:
                 visibility_timeout=p.visibility_timeout,
             )
             out = await _unless_disconnected(receive, poll)
-        return _wire.encode_deliveries(out)
+        return _wire.encode_deliveries(out, _wire.may_have_more(out, p.max_messages, self.settings))
 
     async def ack(self, workflow_id: str, agent_id: str, scope: Scope, receive: Receive) -> bytes:
         self.check(scope, Action.ACK, workflow_id, agent_id)
@@ -122,9 +122,9 @@ class HotPaths:
         parts = path.split("/")  # "", "v1", "workflows", {workflow_id}, ...
         n = len(parts)
         method = scope["method"]
-        status = 200
+        status = 200  # also for a send: upstream's status code (docs/compatibility.md)
         if n == 5 and parts[4] == "messages" and method == "POST" and parts[3]:
-            call, status = self.send(parts[3], scope, receive), 201
+            call = self.send(parts[3], scope, receive)
         elif n in (7, 8) and parts[4] == "agents" and parts[6] == "messages" and parts[3] and parts[5]:
             if n == 7 and method == "GET":
                 call = self.receive(parts[3], parts[5], scope, receive)

@@ -32,7 +32,7 @@ from ..errors import InvalidRequestError, MalformedJSONError
 SEND_FIELDS = ("source_agent", "target_agent", "message_type", "payload", "ttl")
 ACK_FIELDS = ("message_ids",)
 RECORDS_FIELDS = ("records",)
-DEFAULT_MESSAGE_TYPE = "message"
+DEFAULT_MESSAGE_TYPE = "data"  # upstream's default (docs/compatibility.md)
 _RECORD_FIELDS = {f.name for f in fields(RequestRecord)}
 _RECORD_INTS = ("prompt_tokens", "cached_tokens", "status_code")
 _RECORD_FLOATS = ("routing_latency_seconds", "timestamp")
@@ -157,9 +157,33 @@ def parse_records(body: bytes, settings: Settings) -> list[RequestRecord]:
 
 @dataclass(slots=True, frozen=True)
 class ReceiveParams:
-    timeout: float  # already capped
-    max_messages: int  # already capped
+    timeout: float  # within 0..receive_timeout_cap
+    max_messages: int  # within 1..max_messages_cap
     visibility_timeout: float | None  # None: at-most-once
+
+
+def check_receive_limits(timeout: float, max_messages: int, settings: Settings, *, timeout_param: str) -> None:
+    """A wait or batch beyond the limits is refused (422), as upstream's ``Query(le=...)`` does; the HTTP and
+    gRPC receives share this check."""
+    if not (math.isfinite(timeout) and 0 <= timeout <= settings.receive_timeout_cap):
+        raise InvalidRequestError(
+            f"{timeout_param} must be >= 0 and <= {settings.receive_timeout_cap:g}",
+            param=timeout_param,
+            code="out_of_range",
+        )
+    if not 1 <= max_messages <= settings.max_messages_cap:
+        raise InvalidRequestError(
+            f"max_messages must be >= 1 and <= {settings.max_messages_cap}", param="max_messages", code="out_of_range"
+        )
+
+
+def may_have_more(deliveries: list[Delivery], max_messages: int, settings: Settings) -> bool:
+    """``has_more``: the batch is full, or it may have been cut at ``max_batch_bytes`` (its payloads leave less
+    room than one more message could need). True means "receive again"; it may then return nothing."""
+    if len(deliveries) >= max_messages:
+        return True
+    total = sum(len(d.message.payload) for d in deliveries)
+    return bool(deliveries) and total > settings.max_batch_bytes - settings.max_message_size
 
 
 _TRUE = frozenset(("true", "1", "yes", "on"))
@@ -177,24 +201,20 @@ def _query_float(raw: str, param: str) -> float:
 
 
 def parse_receive_query(query: str, settings: Settings) -> ReceiveParams:
-    """``?timeout=5.0&max_messages=10&ack=false&visibility_timeout=30``. Values above the caps are shortened
-    to the caps (as SQS does); values out of range otherwise are errors. Unknown parameters are ignored."""
-    timeout = settings.default_receive_timeout
+    """``?timeout=1.0&max_messages=100&ack=false&visibility_timeout=30``. Values out of range are errors (a wait
+    above ``receive_timeout_cap`` or a batch above ``max_messages_cap`` too). Unknown parameters are ignored."""
+    timeout = settings.default_timeout
     max_messages = settings.default_max_messages
     ack = False
     visibility: float | None = None
     for key, raw in parse_qsl(query, keep_blank_values=True):
         if key == "timeout":
             timeout = _query_float(raw, key)
-            if timeout < 0:
-                raise InvalidRequestError("timeout must be >= 0", param=key, code="out_of_range")
         elif key == "max_messages":
             try:
                 max_messages = int(raw)
             except ValueError:
                 raise InvalidRequestError("max_messages must be an integer", param=key, code="invalid_type") from None
-            if max_messages < 1:
-                raise InvalidRequestError("max_messages must be >= 1", param=key, code="out_of_range")
         elif key == "ack":
             lowered = raw.lower()
             if lowered not in _TRUE and lowered not in _FALSE:
@@ -208,9 +228,10 @@ def parse_receive_query(query: str, settings: Settings) -> ReceiveParams:
                     param=key,
                     code="out_of_range",
                 )
+    check_receive_limits(timeout, max_messages, settings, timeout_param="timeout")
     return ReceiveParams(
-        timeout=min(timeout, settings.receive_timeout_cap),
-        max_messages=min(max_messages, settings.max_messages_cap),
+        timeout=timeout,
+        max_messages=max_messages,
         visibility_timeout=(visibility or settings.visibility_timeout) if ack else None,
     )
 
@@ -219,8 +240,13 @@ def parse_receive_query(query: str, settings: Settings) -> ReceiveParams:
 
 
 def encode_delivery(d: Delivery) -> dict[str, Any]:
+    """Our fields, and upstream's item keys (``id``, ``source``, ``type``, ``timestamp``) with the same values."""
     m = d.message
     return {
+        "id": m.message_id,
+        "source": m.source_agent,
+        "type": m.message_type,
+        "timestamp": m.created_at,
         "message_id": m.message_id,
         "workflow_id": m.workflow_id,
         "source_agent": m.source_agent,
@@ -234,20 +260,52 @@ def encode_delivery(d: Delivery) -> dict[str, Any]:
     }
 
 
-def encode_deliveries(deliveries: list[Delivery]) -> bytes:
-    return orjson.dumps({"messages": [encode_delivery(d) for d in deliveries]})
+def encode_deliveries(deliveries: list[Delivery], has_more: bool) -> bytes:
+    return orjson.dumps(
+        {"messages": [encode_delivery(d) for d in deliveries], "count": len(deliveries), "has_more": has_more}
+    )
 
 
 def encode_send_result(workflow_id: str, r: SendResult) -> bytes:
+    """Upstream's ``{message_id, status: "sent", timestamp}`` and our fields."""
     return orjson.dumps(
         {
             "message_id": r.message_id,
+            "status": "sent",
+            "timestamp": r.created_at,
             "workflow_id": workflow_id,
             "delivered_to": r.delivered_to,
             "created_at": r.created_at,
             "expires_at": r.expires_at,
         }
     )
+
+
+def encode_stats(s: SystemStats) -> bytes:
+    """Our flat figures, and upstream's sections (``workflow_routing``, ``workflow_manager``, ``message_queue``)
+    with the keys of upstream's that we can fill from them (docs/compatibility.md lists those we leave out)."""
+    out = {f.name: getattr(s, f.name) for f in fields(SystemStats)}
+    m = s.messages
+    out["workflow_routing"] = {
+        "total_requests": s.total_requests,
+        "cache_hits": s.cache_hits,
+        "cache_hit_rate": s.cache_hit_rate,
+        "routing_decisions": s.total_requests,
+    }
+    out["workflow_manager"] = {
+        "total_workflows_created": s.workflows_created,
+        "total_workflows_expired": s.workflows_expired,
+        "active_workflows": s.active_workflows,
+        "total_agents": s.queues,
+    }
+    out["message_queue"] = {
+        "total_queues": s.queues,
+        "total_messages_sent": m.sent,
+        "total_messages_received": m.delivered,
+        "total_messages_expired": m.expired,
+        "total_pending_messages": s.queued_messages + s.in_flight_messages,
+    }
+    return orjson.dumps(out)
 
 
 def encode(value: WorkflowStatus | SystemStats | AckResult | DeleteResult | RecordResult | dict[str, Any]) -> bytes:

@@ -85,10 +85,12 @@ class ReceiveMessagesRequest(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., max_messages: _Optional[int] = ..., ack: _Optional[bool] = ..., visibility_timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class ReceiveMessagesResponse(_message.Message):
-    __slots__ = ("messages",)
+    __slots__ = ("messages", "has_more")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    HAS_MORE_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[Message]
-    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
+    has_more: bool
+    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., has_more: _Optional[bool] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
     __slots__ = ("workflow_id", "agent_id", "max_messages", "ack", "visibility_timeout_seconds")
@@ -161,7 +163,7 @@ class MessageCounters(_message.Message):
     def __init__(self, sent: _Optional[int] = ..., delivered: _Optional[int] = ..., acked: _Optional[int] = ..., redelivered: _Optional[int] = ..., expired: _Optional[int] = ..., rejected: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class WorkflowStatus(_message.Message):
-    __slots__ = ("workflow_id", "active_agents", "agents", "total_requests", "affinity_hits", "affinity_hit_rate", "failovers", "completed_requests", "failed_requests", "cache_hits", "cache_hit_rate", "prompt_tokens", "cached_tokens", "avg_routing_latency_seconds", "assigned_instance", "created_at", "last_updated", "queued_messages", "in_flight_messages", "queues", "messages")
+    __slots__ = ("workflow_id", "active_agents", "agents", "total_requests", "affinity_hits", "affinity_hit_rate", "failovers", "completed_requests", "failed_requests", "cache_hits", "cache_hit_rate", "prompt_tokens", "cached_tokens", "avg_routing_latency_seconds", "assigned_instance", "created_at", "last_updated", "queued_messages", "in_flight_messages", "queues", "messages", "cached_token_rate")
     class QueuesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +192,7 @@ class WorkflowStatus(_message.Message):
     IN_FLIGHT_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     QUEUES_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKEN_RATE_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     active_agents: int
     agents: _containers.RepeatedScalarFieldContainer[str]
@@ -211,14 +214,15 @@ class WorkflowStatus(_message.Message):
     in_flight_messages: int
     queues: _containers.MessageMap[str, QueueStatus]
     messages: MessageCounters
-    def __init__(self, workflow_id: _Optional[str] = ..., active_agents: _Optional[int] = ..., agents: _Optional[_Iterable[str]] = ..., total_requests: _Optional[int] = ..., affinity_hits: _Optional[int] = ..., affinity_hit_rate: _Optional[float] = ..., failovers: _Optional[int] = ..., completed_requests: _Optional[int] = ..., failed_requests: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_hit_rate: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., avg_routing_latency_seconds: _Optional[float] = ..., assigned_instance: _Optional[str] = ..., created_at: _Optional[float] = ..., last_updated: _Optional[float] = ..., queued_messages: _Optional[int] = ..., in_flight_messages: _Optional[int] = ..., queues: _Optional[_Mapping[str, QueueStatus]] = ..., messages: _Optional[_Union[MessageCounters, _Mapping]] = ...) -> None: ...
+    cached_token_rate: float
+    def __init__(self, workflow_id: _Optional[str] = ..., active_agents: _Optional[int] = ..., agents: _Optional[_Iterable[str]] = ..., total_requests: _Optional[int] = ..., affinity_hits: _Optional[int] = ..., affinity_hit_rate: _Optional[float] = ..., failovers: _Optional[int] = ..., completed_requests: _Optional[int] = ..., failed_requests: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_hit_rate: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., avg_routing_latency_seconds: _Optional[float] = ..., assigned_instance: _Optional[str] = ..., created_at: _Optional[float] = ..., last_updated: _Optional[float] = ..., queued_messages: _Optional[int] = ..., in_flight_messages: _Optional[int] = ..., queues: _Optional[_Mapping[str, QueueStatus]] = ..., messages: _Optional[_Union[MessageCounters, _Mapping]] = ..., cached_token_rate: _Optional[float] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class SystemStats(_message.Message):
-    __slots__ = ("active_workflows", "max_workflows", "workflows_created", "workflows_expired", "workflows_deleted", "total_requests", "affinity_hits", "affinity_hit_rate", "completed_requests", "cache_hits", "cache_hit_rate", "prompt_tokens", "cached_tokens", "records_rejected", "queues", "queued_messages", "in_flight_messages", "messages", "rejected_by_code", "uptime_seconds")
+    __slots__ = ("active_workflows", "max_workflows", "workflows_created", "workflows_expired", "workflows_deleted", "total_requests", "affinity_hits", "affinity_hit_rate", "completed_requests", "cache_hits", "cache_hit_rate", "prompt_tokens", "cached_tokens", "records_rejected", "queues", "queued_messages", "in_flight_messages", "messages", "rejected_by_code", "uptime_seconds", "cached_token_rate")
     class RejectedByCodeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +250,7 @@ class SystemStats(_message.Message):
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     REJECTED_BY_CODE_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKEN_RATE_FIELD_NUMBER: _ClassVar[int]
     active_workflows: int
     max_workflows: int
     workflows_created: int
@@ -266,7 +271,8 @@ class SystemStats(_message.Message):
     messages: MessageCounters
     rejected_by_code: _containers.ScalarMap[str, int]
     uptime_seconds: float
-    def __init__(self, active_workflows: _Optional[int] = ..., max_workflows: _Optional[int] = ..., workflows_created: _Optional[int] = ..., workflows_expired: _Optional[int] = ..., workflows_deleted: _Optional[int] = ..., total_requests: _Optional[int] = ..., affinity_hits: _Optional[int] = ..., affinity_hit_rate: _Optional[float] = ..., completed_requests: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_hit_rate: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., records_rejected: _Optional[int] = ..., queues: _Optional[int] = ..., queued_messages: _Optional[int] = ..., in_flight_messages: _Optional[int] = ..., messages: _Optional[_Union[MessageCounters, _Mapping]] = ..., rejected_by_code: _Optional[_Mapping[str, int]] = ..., uptime_seconds: _Optional[float] = ...) -> None: ...
+    cached_token_rate: float
+    def __init__(self, active_workflows: _Optional[int] = ..., max_workflows: _Optional[int] = ..., workflows_created: _Optional[int] = ..., workflows_expired: _Optional[int] = ..., workflows_deleted: _Optional[int] = ..., total_requests: _Optional[int] = ..., affinity_hits: _Optional[int] = ..., affinity_hit_rate: _Optional[float] = ..., completed_requests: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_hit_rate: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., records_rejected: _Optional[int] = ..., queues: _Optional[int] = ..., queued_messages: _Optional[int] = ..., in_flight_messages: _Optional[int] = ..., messages: _Optional[_Union[MessageCounters, _Mapping]] = ..., rejected_by_code: _Optional[_Mapping[str, int]] = ..., uptime_seconds: _Optional[float] = ..., cached_token_rate: _Optional[float] = ...) -> None: ...
 
 class DeleteWorkflowRequest(_message.Message):
     __slots__ = ("workflow_id",)

@@ -148,7 +148,8 @@ async def test_status_stats_delete_and_not_found(grpc_client):
     )
     status = await grpc_client.status("wf")
     assert (status.total_requests, status.cache_hits, status.assigned_instance) == (1, 1, "http://vllm-2:8000")
-    assert status.cache_hit_rate == pytest.approx(0.4) and status.queues["b"].queued == 1
+    assert status.cache_hit_rate == 1.0 and status.cached_token_rate == pytest.approx(0.4)
+    assert status.queues["b"].queued == 1
     stats = await grpc_client.stats()
     assert (stats.active_workflows, stats.records_rejected, stats.queued_messages) == (1, 1, 1)
     assert (await grpc_client.delete_workflow("wf")).dropped_messages == 1

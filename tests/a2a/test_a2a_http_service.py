@@ -74,7 +74,7 @@ async def test_oversized_message_is_413_with_and_without_content_length(server):
         assert r.status_code == 413 and r.json()["error"]["param"] == "payload"
         # The connection is still usable afterwards.
         r = await raw.post("/v1/workflows/wf/messages", json={"source_agent": "a", "target_agent": "b"})
-        assert r.status_code == 201
+        assert r.status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -181,7 +181,8 @@ async def test_records_over_http_show_in_status(http):
     assert (result.accepted, result.rejected) == (3, 0)
     status = await http.status("wf")
     assert (status.total_requests, status.affinity_hits, status.cache_hits) == (2, 1, 1)
-    assert status.cache_hit_rate == pytest.approx(0.75) and status.affinity_hit_rate == pytest.approx(0.5)
+    assert status.cache_hit_rate == pytest.approx(0.5) and status.affinity_hit_rate == pytest.approx(0.5)
+    assert status.cached_token_rate == pytest.approx(0.75)
     assert status.assigned_instance == "http://vllm-1:8000"
 
 
@@ -212,8 +213,8 @@ async def test_drain_delay_reports_not_ready_but_keeps_serving(server_factory):
             assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
         sent = await c.post("/v1/workflows/wf-drain/messages", json={
             "source_agent": "a", "target_agent": "b", "message_type": "data", "payload": {"n": 1}})
-        assert sent.status_code == 201, sent.text  # still served while draining
+        assert sent.status_code == 200, sent.text  # still served while draining
         got = await c.get("/v1/workflows/wf-drain/agents/b/messages", params={"timeout": 0})
-        assert got.status_code == 200 and len(got.json()) == 1
+        assert got.status_code == 200 and len(got.json()["messages"]) == 1
         assert not stopping.done()
         await asyncio.wait_for(stopping, timeout=10)

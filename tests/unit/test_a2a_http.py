@@ -33,7 +33,12 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncCli
 
 def error_of(response: httpx.Response) -> dict:
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == ERROR_KEYS, body
+    assert set(body) == {"detail", "error"} and set(body["error"]) == ERROR_KEYS, body
+    # FastAPI's shape for upstream's clients: the message, or for a 422 a validation list.
+    if response.status_code == 422:
+        assert body["detail"][0]["msg"] == body["error"]["message"] and body["detail"][0]["loc"], body
+    else:
+        assert body["detail"] == body["error"]["message"]
     return body["error"]
 
 
@@ -43,7 +48,7 @@ async def send(c: httpx.AsyncClient, wf: str = "wf", target: str = "b", **extra:
 
 async def test_send_receive_round_trip(client):
     r = await send(client, payload={"findings": ["trend_up"], "confidence": 0.85, "big": 9007199254740993}, ttl=60)
-    assert r.status_code == 201
+    assert r.status_code == 200
     sent = r.json()
     assert sent["delivered_to"] == ["b"] and sent["workflow_id"] == "wf"
     r = await client.get("/v1/workflows/wf/agents/b/messages", params={"timeout": 0})
@@ -51,7 +56,10 @@ async def test_send_receive_round_trip(client):
     [m] = r.json()["messages"]
     assert m["message_id"] == sent["message_id"]
     assert m["payload"] == {"findings": ["trend_up"], "confidence": 0.85, "big": 9007199254740993}
-    assert (m["source_agent"], m["target_agent"], m["message_type"]) == ("a", "b", "message")
+    assert (m["source_agent"], m["target_agent"], m["message_type"]) == ("a", "b", "data")
+    assert (m["id"], m["source"], m["type"], m["timestamp"]) == (sent["message_id"], "a", "data", m["created_at"])
+    assert (sent["status"], sent["timestamp"]) == ("sent", sent["created_at"])  # upstream's fields too
+    assert (r.json()["count"], r.json()["has_more"]) == (1, False)
     assert m["delivery_count"] == 1 and m["lease_expires_at"] is None
     assert m["expires_at"] - m["created_at"] == pytest.approx(60)
 
@@ -104,7 +112,7 @@ async def test_invalid_workflow_id_in_path_names_it(client):
 
 async def test_full_queue_is_429_with_retry_after(client):
     for _ in range(3):
-        assert (await send(client)).status_code == 201
+        assert (await send(client)).status_code == 200
     r = await send(client)
     assert r.status_code == 429 and r.headers["retry-after"] == "1"
     err = error_of(r)
@@ -116,7 +124,9 @@ async def test_full_queue_is_429_with_retry_after(client):
     [
         ({"timeout": "soon"}, "timeout"),
         ({"timeout": "-1"}, "timeout"),
+        ({"timeout": "30.5"}, "timeout"),  # beyond the limit: refused, as upstream does (no longer shortened)
         ({"max_messages": "0"}, "max_messages"),
+        ({"max_messages": "1001"}, "max_messages"),
         ({"ack": "perhaps"}, "ack"),
         ({"ack": "true", "visibility_timeout": "0"}, "visibility_timeout"),
     ],
@@ -153,7 +163,8 @@ async def test_status_stats_delete(client):
                 "created_at", "last_updated"):  # fmt: skip
         assert key in st  # the seed document's shape
     assert (st["active_agents"], st["total_requests"], st["cache_hits"]) == (2, 1, 1)
-    assert st["assigned_instance"] == "http://vllm-1:8000" and st["cache_hit_rate"] == 0.75
+    assert st["assigned_instance"] == "http://vllm-1:8000" and st["cache_hit_rate"] == 1.0  # 1 hit / 1 request
+    assert st["cached_token_rate"] == 0.75
     assert st["queues"] == {"a": {"queued": 0, "in_flight": 0}, "b": {"queued": 2, "in_flight": 0}}
     stats = (await client.get("/v1/workflows/stats")).json()
     assert (stats["active_workflows"], stats["queued_messages"], stats["records_rejected"]) == (1, 2, 1)
@@ -166,7 +177,7 @@ async def test_status_stats_delete(client):
 async def test_stats_path_is_not_a_workflow_id(client):
     assert "active_workflows" in (await client.get("/v1/workflows/stats")).json()
     # A workflow may still be called "stats": its other routes are unambiguous.
-    assert (await send(client, wf="stats")).status_code == 201
+    assert (await send(client, wf="stats")).status_code == 200
     assert (await client.get("/v1/workflows/stats/status")).json()["workflow_id"] == "stats"
     assert (await client.delete("/v1/workflows/stats")).json()["dropped_messages"] == 1
 

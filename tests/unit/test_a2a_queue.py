@@ -401,7 +401,7 @@ def test_send_validation_names_the_field(field, request_, param):
     ("args", "param"),
     [
         (("wf", "b", 0), "max_messages"),
-        (("wf", "b", 101), "max_messages"),
+        (("wf", "b", 1001), "max_messages"),
         (("wf", "*", 1), "agent_id"),
         (("bad id", "b", 1), "workflow_id"),
         (("wf", "b", 1, 0.0), "visibility_timeout"),

@@ -42,7 +42,7 @@ def test_routed_records_count_requests_affinity_and_instance():
     assert st.completed_requests == 0 and st.cache_hit_rate == 0.0
 
 
-def test_completed_records_give_token_based_cache_hit_rate():
+def test_cache_hit_rate_counts_requests_and_cached_token_rate_counts_tokens():
     c = core()
     c.record([routed(), routed(hit=True), routed(hit=True)])
     c.record([completed(1000, 0), completed(1000, 800), completed(2000, 1600, status=500)])
@@ -50,7 +50,8 @@ def test_completed_records_give_token_based_cache_hit_rate():
     assert st.completed_requests == 3
     assert st.cache_hits == 2  # completed requests with cached_tokens > 0
     assert (st.prompt_tokens, st.cached_tokens) == (4000, 2400)
-    assert st.cache_hit_rate == pytest.approx(0.6)  # tokens, not requests
+    assert st.cache_hit_rate == pytest.approx(2 / 3)  # cache_hits / total_requests: the seed document's definition
+    assert st.cached_token_rate == pytest.approx(0.6)  # cached_tokens / prompt_tokens
     assert st.failed_requests == 1
     assert st.total_requests == 3  # COMPLETED records do not count as new requests
 
@@ -62,7 +63,8 @@ def test_system_stats_sum_over_workflows_and_survive_deletion():
     s = c.stats()
     assert (s.total_requests, s.affinity_hits, s.completed_requests, s.cache_hits) == (2, 1, 2, 1)
     assert s.affinity_hit_rate == pytest.approx(0.5)
-    assert s.cache_hit_rate == pytest.approx(0.25)
+    assert s.cache_hit_rate == pytest.approx(0.5)  # 1 hit / 2 requests
+    assert s.cached_token_rate == pytest.approx(0.25)
     assert s.active_workflows == 1
 
 

@@ -45,14 +45,16 @@ COUNTERS = MessageCounters(1, 2, 3, 4, 5, 6, 7)
 STATUS = WorkflowStatus(
     workflow_id="wf", active_agents=2, agents=("planner", "coder"), total_requests=11, affinity_hits=7,
     affinity_hit_rate=0.625, failovers=1, completed_requests=9, failed_requests=2, cache_hits=5,
-    cache_hit_rate=0.375, prompt_tokens=1000, cached_tokens=375, avg_routing_latency_seconds=0.0125,
+    cache_hit_rate=0.4545, cached_token_rate=0.375, prompt_tokens=1000, cached_tokens=375,
+    avg_routing_latency_seconds=0.0125,
     assigned_instance="vllm-1", created_at=1700000000.5, last_updated=1700000100.25, queued_messages=4,
     in_flight_messages=3, queues={"planner": QueueStatus(1, 2), "coder": QueueStatus(3, 1)}, messages=COUNTERS,
 )  # fmt: skip
 STATS = SystemStats(
     active_workflows=3, max_workflows=1000, workflows_created=8, workflows_expired=2, workflows_deleted=3,
     total_requests=40, affinity_hits=30, affinity_hit_rate=0.75, completed_requests=38, cache_hits=20,
-    cache_hit_rate=0.5, prompt_tokens=4000, cached_tokens=2000, records_rejected=1, queues=6, queued_messages=9,
+    cache_hit_rate=0.5, cached_token_rate=0.45, prompt_tokens=4000, cached_tokens=2000, records_rejected=1, queues=6,
+    queued_messages=9,
     in_flight_messages=2, messages=COUNTERS, rejected_by_code={"queue_full": 4, "invalid_value": 2},
     uptime_seconds=12.5,
 )  # fmt: skip
@@ -93,15 +95,16 @@ def test_the_sample_values_set_every_field_to_a_non_default() -> None:
     ("model", "encoded"),
     [
         (docs.MessageOut, lambda: orjson.loads(orjson.dumps(_wire.encode_delivery(DELIVERY)))),
-        (docs.ReceiveResult, lambda: orjson.loads(_wire.encode_deliveries([DELIVERY]))),
+        (docs.ReceiveResult, lambda: orjson.loads(_wire.encode_deliveries([DELIVERY], True))),
         (docs.SendMessageResult, lambda: orjson.loads(_wire.encode_send_result("wf", SEND_RESULT))),
         (docs.WorkflowStatusOut, lambda: orjson.loads(_wire.encode(STATUS))),
-        (docs.SystemStatsOut, lambda: orjson.loads(_wire.encode(STATS))),
+        (docs.SystemStatsOut, lambda: orjson.loads(_wire.encode_stats(STATS))),
         (docs.AckResultOut, lambda: orjson.loads(_wire.encode(ACK))),
         (docs.DeleteResultOut, lambda: orjson.loads(_wire.encode(DELETE))),
         (docs.RecordResultOut, lambda: orjson.loads(_wire.encode(RECORD_RESULT))),
         (docs.ErrorBody, lambda: A2AError("x", param="p").to_json()),
         (docs.ErrorBody, lambda: A2AError("x").to_json()),
+        (docs.ErrorBody, lambda: InvalidRequestError("x", param="timeout").to_json()),
     ],
 )
 def test_the_openapi_models_describe_exactly_what_the_encoders_send(model: type[BaseModel], encoded: Any) -> None:
@@ -137,10 +140,16 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 
 def test_the_openapi_models_have_the_dataclass_fields() -> None:
-    assert model_names(docs.MessageOut) == DELIVERY_WIRE
-    assert model_names(docs.SendMessageResult) == ["message_id", "workflow_id", *names(SendResult)[1:]]
+    # HTTP JSON also carries upstream's keys (docs/compatibility.md); the dataclass fields follow them.
+    assert model_names(docs.MessageOut) == ["id", "source", "type", "timestamp", *DELIVERY_WIRE]
+    assert model_names(docs.SendMessageResult) == [
+        "message_id", "status", "timestamp", "workflow_id", *names(SendResult)[1:]
+    ]
+    assert model_names(docs.SystemStatsOut) == [
+        *names(SystemStats), "workflow_routing", "workflow_manager", "message_queue"
+    ]
     for model, cls in (
-        (docs.WorkflowStatusOut, WorkflowStatus), (docs.SystemStatsOut, SystemStats),
+        (docs.WorkflowStatusOut, WorkflowStatus),
         (docs.QueueStatusOut, QueueStatus), (docs.MessageCountersOut, MessageCounters),
         (docs.AckResultOut, AckResult), (docs.DeleteResultOut, DeleteResult), (docs.RecordResultOut, RecordResult),
     ):  # fmt: skip

@@ -122,7 +122,7 @@ def body(**fields: object) -> bytes:
 
 def test_parse_send_defaults():
     req = _wire.parse_send(body(source_agent="a", target_agent="b"), "wf", S)
-    assert (req.workflow_id, req.message_type, req.payload, req.ttl) == ("wf", "message", b"{}", None)
+    assert (req.workflow_id, req.message_type, req.payload, req.ttl) == ("wf", "data", b"{}", None)
 
 
 def test_parse_send_keeps_large_integers_exact():
@@ -216,13 +216,13 @@ def test_parse_records_errors(records, param):
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
-        ("", (5.0, 10, None)),
+        ("", (1.0, 100, None)),  # upstream's defaults
         ("timeout=0&max_messages=1", (0.0, 1, None)),
-        ("timeout=1e9&max_messages=100000", (30.0, 100, None)),  # shortened to the caps
-        ("ack=true", (5.0, 10, 30.0)),
-        ("ack=1&visibility_timeout=2.5", (5.0, 10, 2.5)),
-        ("ack=false&visibility_timeout=2.5", (5.0, 10, None)),
-        ("unknown=1", (5.0, 10, None)),
+        ("timeout=30&max_messages=1000", (30.0, 1000, None)),  # the limits themselves
+        ("ack=true", (1.0, 100, 30.0)),
+        ("ack=1&visibility_timeout=2.5", (1.0, 100, 2.5)),
+        ("ack=false&visibility_timeout=2.5", (1.0, 100, None)),
+        ("unknown=1", (1.0, 100, None)),
     ],
 )
 def test_parse_receive_query(query, expected):
@@ -237,7 +237,9 @@ def test_parse_receive_query(query, expected):
         ("timeout=-1", "timeout"),
         ("timeout=nan", "timeout"),
         ("timeout=inf", "timeout"),
+        ("timeout=1e9", "timeout"),  # beyond the limit: refused, as upstream does (was shortened)
         ("max_messages=0", "max_messages"),
+        ("max_messages=100000", "max_messages"),
         ("max_messages=1.5", "max_messages"),
         ("ack=maybe", "ack"),
         ("ack=true&visibility_timeout=0", "visibility_timeout"),
@@ -256,6 +258,7 @@ def test_parse_receive_query_errors(query, param):
 def test_error_json_shape():
     err = QueueFullError("queue of agent 'b' is full", param="target_agent")
     assert err.to_json() == {
+        "detail": "queue of agent 'b' is full",  # FastAPI's key, for upstream's clients
         "error": {
             "message": "queue of agent 'b' is full",
             "type": "resource_exhausted_error",
@@ -263,6 +266,10 @@ def test_error_json_shape():
             "code": "queue_full",
         }
     }
+    invalid = InvalidRequestError("timeout must be >= 0 and <= 30", param="timeout", code="out_of_range")
+    assert invalid.to_json()["detail"] == [
+        {"type": "out_of_range", "loc": ["query", "timeout"], "msg": "timeout must be >= 0 and <= 30"}
+    ]  # a 422's detail: FastAPI's validation list
 
 
 @pytest.mark.parametrize(
