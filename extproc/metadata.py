@@ -32,9 +32,11 @@ class ContextSharing(StrEnum):
 
 _STRATEGIES = ", ".join(s.value for s in ContextSharing)
 _ID = re.compile(f"[{ID_CHARSET}]+")
+# "metadata": upstream's free-form object (vllm-project/production-stack PR #625), accepted and not used.
 _FIELDS = frozenset(
-    {"workflow_id", "agent_id", "parent_request_id", "workflow_priority", "context_sharing_strategy"}
+    {"workflow_id", "agent_id", "parent_request_id", "workflow_priority", "context_sharing_strategy", "metadata"}
 )
+MAX_PRIORITY = 10.0  # upstream's bound (Field(le=10.0)); docs/compatibility.md
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +131,12 @@ def parse_metadata(obj: Any) -> WorkflowMetadata:
     if isinstance(priority, bool) or not isinstance(priority, int | float):
         raise BadRequest(f"'{param}' must be a number, got {type(priority).__name__}", param, "invalid_type")
     priority = float(priority)
-    if not math.isfinite(priority) or priority < 0:
-        raise BadRequest(f"'{param}' must be a finite number >= 0", param, "invalid_value")
+    if not math.isfinite(priority) or not 0 <= priority <= MAX_PRIORITY:
+        raise BadRequest(f"'{param}' must be a number from 0 to {MAX_PRIORITY:g}", param, "invalid_value")
+    extra = obj.get("metadata")
+    if extra is not None and not isinstance(extra, dict):
+        param = f"{METADATA_FIELD}.metadata"
+        raise BadRequest(f"'{param}' must be an object, got {type(extra).__name__}", param, "invalid_type")
 
     strategy = obj.get("context_sharing_strategy", ContextSharing.AUTO.value)
     param = f"{METADATA_FIELD}.context_sharing_strategy"
@@ -158,6 +164,15 @@ def metadata_from_headers(workflow_id: str | None, agent_id: str | None) -> Work
     return WorkflowMetadata(wid, aid)
 
 
+def _body_metadata(obj: Any) -> WorkflowMetadata | None:
+    """``workflow_id: null`` (upstream's model allows it) means no workflow: no affinity, nothing reported, and
+    the headers do not fill in (the body's object wins as a whole). Its other fields are still checked."""
+    if isinstance(obj, dict) and obj.get("workflow_id", "") is None:
+        parse_metadata({**obj, "workflow_id": "-"})  # any valid id: only the other fields' errors can surface
+        return None
+    return parse_metadata(obj)
+
+
 def parse_llm_body(
     raw: bytes, header_metadata: WorkflowMetadata | None, *, strip_metadata: bool, prompt_always: bool = False
 ) -> RoutingInput:
@@ -177,7 +192,7 @@ def parse_llm_body(
         )
     if METADATA_FIELD in body:
         obj = body[METADATA_FIELD]
-        metadata = header_metadata if obj is None else parse_metadata(obj)
+        metadata = header_metadata if obj is None else _body_metadata(obj)
     else:
         metadata = header_metadata
     text, messages = "", None

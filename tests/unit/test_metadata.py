@@ -55,6 +55,23 @@ def test_null_metadata_means_absent_but_is_stripped() -> None:
     assert result.rewritten_body is not None and b"workflow_metadata" not in result.rewritten_body
 
 
+def test_upstream_fields_free_form_metadata_and_null_workflow_id() -> None:
+    """Upstream's WorkflowMetadata (production-stack PR #625, b4e2688b, src/vllm_router/models/workflow.py)
+    takes a free-form ``metadata`` object and ``workflow_id: None`` (no workflow); priority is 0..10."""
+    meta = {"workflow_id": "wf", "metadata": {"team": "x", "n": [1]}, "workflow_priority": 10}
+    result = parse_llm_body(body(workflow_metadata=meta), None, strip_metadata=True)
+    assert result.metadata == WorkflowMetadata("wf", None, None, 10.0, ContextSharing.AUTO)
+    assert result.rewritten_body is not None and b"team" not in result.rewritten_body
+    from_headers = metadata_from_headers("wf-header", None)
+    nulled = {"workflow_id": None, "agent_id": "a", "parent_request_id": None}
+    result = parse_llm_body(body(workflow_metadata=nulled), from_headers, strip_metadata=True)
+    assert result.metadata is None and result.prompt_text == "hi"  # no workflow: routed on its prompt
+    assert result.rewritten_body is not None and b"workflow_metadata" not in result.rewritten_body
+    with pytest.raises(BadRequest) as info:  # the other fields are still checked
+        parse_llm_body(body(workflow_metadata={"workflow_id": None, "agent_id": 3}), None, strip_metadata=True)
+    assert info.value.param == "workflow_metadata.agent_id"
+
+
 def test_none_strategy_opts_out_of_affinity() -> None:
     meta = {"workflow_id": "wf", "context_sharing_strategy": "none"}
     parsed = parse_llm_body(body(workflow_metadata=meta), None, strip_metadata=True).metadata
@@ -89,6 +106,10 @@ def test_none_strategy_opts_out_of_affinity() -> None:
          "workflow_metadata.workflow_priority", "invalid_type"),
         (body(workflow_metadata={"workflow_id": "wf", "workflow_priority": -1}),
          "workflow_metadata.workflow_priority", "invalid_value"),
+        (body(workflow_metadata={"workflow_id": "wf", "workflow_priority": 10.5}),
+         "workflow_metadata.workflow_priority", "invalid_value"),
+        (body(workflow_metadata={"workflow_id": "wf", "metadata": "text"}), "workflow_metadata.metadata",
+         "invalid_type"),
         (body(workflow_metadata={"workflow_id": "wf", "context_sharing_strategy": "sometimes"}),
          "workflow_metadata.context_sharing_strategy", "invalid_value"),
         (body(workflow_metadata={"workflow_id": "wf", "context_sharing_strategy": 3}),
@@ -153,6 +174,7 @@ metadata_objects = st.fixed_dictionaries(
         "workflow_priority": st.one_of(st.floats(), st.integers(-5, 10**30), st.booleans(), st.none(), st.text()),
         "context_sharing_strategy": st.one_of(st.sampled_from([s.value for s in ContextSharing]), json_values),
         "workflowid": st.just("typo"),
+        "metadata": json_values,
     },
 )
 bodies = st.fixed_dictionaries(
@@ -181,7 +203,7 @@ def _assert_valid_metadata(meta: WorkflowMetadata) -> None:
     _assert_valid_id(meta.workflow_id, required=True)
     _assert_valid_id(meta.agent_id, required=False)
     _assert_valid_id(meta.parent_request_id, required=False)
-    assert math.isfinite(meta.workflow_priority) and meta.workflow_priority >= 0
+    assert math.isfinite(meta.workflow_priority) and 0 <= meta.workflow_priority <= 10
     assert isinstance(meta.context_sharing_strategy, ContextSharing)
 
 
@@ -219,8 +241,11 @@ def test_generated_bodies_parse_or_name_the_problem(body_obj: dict[str, Any], he
         assert error.param is not None and error.param.startswith(METADATA_FIELD)
         return
     # Header fallback: the body's object wins as a whole; the headers count only without one (or with null).
+    # An object with "workflow_id": null means no workflow at all.
     present = body_obj.get(METADATA_FIELD) is not None
-    if present:
+    if present and body_obj[METADATA_FIELD].get("workflow_id", "") is None:
+        assert result.metadata is None
+    elif present:
         assert result.metadata is not None and result.metadata.workflow_id == body_obj[METADATA_FIELD]["workflow_id"]
         _assert_valid_metadata(result.metadata)
     else:
@@ -301,7 +326,7 @@ def test_stripping_a_body_nested_too_deeply_to_rewrite_is_a_bad_request() -> Non
 
 _valid_ids = st.from_regex(f"[{ID_CHARSET}]{{1,16}}", fullmatch=True).filter(lambda s: s not in (".", ".."))
 valid_metadata = st.fixed_dictionaries({"workflow_id": _valid_ids}, optional={
-    "agent_id": _valid_ids, "workflow_priority": st.floats(0, 100),
+    "agent_id": _valid_ids, "workflow_priority": st.floats(0, 10),
     "context_sharing_strategy": st.sampled_from([s.value for s in ContextSharing])})
 
 
