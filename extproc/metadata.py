@@ -64,6 +64,10 @@ class RoutingInput:
     messages: list[Any] | None = None
     # The body as received (a JSON object), when the router may add a field to it (vLLM's ``priority``).
     raw: bytes | None = None
+    # The generation's bound (max_completion_tokens, else max_tokens; None: unset) and whether it streams: the
+    # request's deadline derives from them (requestcontrol/deadline.py).
+    max_tokens: int | None = None
+    stream: bool = False
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -200,10 +204,15 @@ def parse_llm_body(
         text = prompt_text(body)
         raw_messages = body.get("messages")
         messages = raw_messages if isinstance(raw_messages, list) else None
+    limit = body.get("max_completion_tokens")
+    if limit is None:
+        limit = body.get("max_tokens")
+    max_tokens = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+    stream = body.get("stream") is True
     if not strip_metadata or METADATA_FIELD not in body:
-        return RoutingInput(metadata, None, text, messages, raw)
+        return RoutingInput(metadata, None, text, messages, raw, max_tokens, stream)
     del body[METADATA_FIELD]
-    return RoutingInput(metadata, _encode_stripped(raw, body), text, messages, raw)
+    return RoutingInput(metadata, _encode_stripped(raw, body), text, messages, raw, max_tokens, stream)
 
 
 def with_field(body: bytes, name: str, value: int) -> bytes:

@@ -37,6 +37,7 @@ from extproc.metadata import RoutingInput, WorkflowMetadata, metadata_from_heade
 from extproc.metrics import Metrics
 from extproc.reporting import Reporter
 from extproc.requestcontrol.consensus import Consensus
+from extproc.requestcontrol.deadline import Deadlines
 from extproc.requestcontrol.passive_health import PassiveHealth
 from extproc.requestcontrol.priority import decayed, service, vllm_priority
 from extproc.requestcontrol.types import Decision, Request, Response, RoutePlan
@@ -94,6 +95,9 @@ class Director:
         self.kv_index = kv_index
         self.consensus = Consensus(assignments, workflows, endpoints) if assignments is not None else None
         self.passive_health = PassiveHealth(endpoints)
+        self.deadlines = Deadlines.from_settings(settings.deadline_floor, settings.deadline_multiplier,
+                                                 settings.deadline_max_tokens, endpoints.instances)
+        endpoints.on_publish.append(self.deadlines.learner.scraped)
         self.strip_metadata = not settings.keep_workflow_metadata
         self.priority_scheduling = settings.priority_scheduling
         self.priority_half_life = settings.priority_half_life
@@ -171,6 +175,8 @@ class Director:
         if self.priority_scheduling and routing.raw is not None:
             priority = self._priority(decision, metadata, now)
             body = with_field(body if body is not None else routing.raw, "priority", priority)
+        if request.path in LLM_PATHS:  # Envoy's per-try timeout (and a stream's idle route) for this request
+            headers += self.deadlines.headers(instance, routing.max_tokens, routing.stream)
         plan = RoutePlan(instance, tuple(headers), body, destination)
         self._account(decision, metadata, request, time.perf_counter() - started)
         return plan
@@ -278,7 +284,7 @@ class Director:
         if route_id is not None:
             self.inflight.observe(route_id)
         return Response(route_id, headers.get(self.cluster_header) or "", headers.get(WORKFLOW_ID_HEADER),
-                        headers.get(AGENT_ID_HEADER), headers.get("x-request-id", ""))
+                        headers.get(AGENT_ID_HEADER), headers.get("x-request-id", ""), started=self.clock())
 
     def response_started(self, response: Response) -> None:
         """The response's first bytes: its prompt has been computed (a streamed response's first token)."""
@@ -296,6 +302,8 @@ class Director:
         retried_away = served is not None and served != instance and self.destinations is None
         if instance in self.endpoints:
             self.passive_health.record(instance, response.status, retried_away)
+            if response.status == 200 and not retried_away:  # the instance's wall clock, for its deadlines
+                self.deadlines.learner.served(instance, self.clock() - response.started)
         if usage is not None:
             holder = served if served is not None and retried_away and served in self.endpoints else instance
             self.metrics.usage(holder, usage)

@@ -64,3 +64,4 @@ class Response:
     request_id: str
     status: int = 0
     served_by: str | None = None  # the cluster whose host answered (differs after a retry elsewhere)
+    started: float = 0.0  # the director's clock when the request went upstream (its observed wall duration)

@@ -7,6 +7,7 @@ import pytest
 
 from extproc.config import PER_TRY_TIMEOUT_HEADER, STREAM_IDLE_BUCKETS_S, STREAM_IDLE_HEADER
 from extproc.datastore.poller import BackendLoad, parse_vllm_metrics
+from extproc.metadata import parse_llm_body
 from extproc.requestcontrol.deadline import (
     PRIOR_ITL_S,
     PRIOR_TTFT_S,
@@ -151,3 +152,17 @@ def test_the_poller_reads_the_latency_histograms() -> None:
 def test_headers(policy: DeadlinePolicy, max_tokens: int, stream: bool, headers: list[tuple[str, str]]) -> None:
     deadlines = Deadlines(policy, ["a"], STREAM_IDLE_BUCKETS_S, PER_TRY_TIMEOUT_HEADER, STREAM_IDLE_HEADER)
     assert deadlines.headers("a", max_tokens, stream) == headers
+
+
+@pytest.mark.parametrize(("body", "max_tokens", "stream"), [
+    (b'{"prompt": "x", "max_tokens": 64}', 64, False),
+    (b'{"prompt": "x", "max_tokens": 64, "max_completion_tokens": 32, "stream": true}', 32, True),
+    (b'{"prompt": "x", "max_completion_tokens": null, "max_tokens": 8}', 8, False),
+    (b'{"prompt": "x", "stream": "yes", "max_tokens": "64"}', None, False),
+    (b'{"prompt": "x", "max_tokens": true}', None, False),
+    (b'{"prompt": "x", "max_tokens": -1}', None, False),
+    (b'{"prompt": "x", "workflow_metadata": {"workflow_id": "w"}, "max_tokens": 5, "stream": true}', 5, True),
+])
+def test_the_body_parser_extracts_max_tokens_and_stream(body: bytes, max_tokens: int | None, stream: bool) -> None:
+    routing = parse_llm_body(body, None, strip_metadata=True)
+    assert (routing.max_tokens, routing.stream) == (max_tokens, stream)
