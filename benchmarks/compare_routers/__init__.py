@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run a preset matrix (core: every shape x KV fits,pressure x load low,high on 4 "
                              "instances, default profile; full: also 8 instances and the compute profile); "
                              "explicit axis flags override the preset's")
-    parser.add_argument("--shape", default=None,
+    parser.add_argument("--shape", default=None, type=_shape_list,
                         help=f"comma list of {', '.join(SHAPES)}; 'both' = context-first,role-first; 'all' "
                              "(default context-first; see benchmarks/workload.py and benchmarks/mooncake.py)")
     parser.add_argument("--ours", default=OURS,
@@ -312,6 +312,14 @@ def select_contenders(spec: str) -> list[Contender]:
         else:
             raise SystemExit(f"unknown contender {item!r}; choose from {', '.join(CONTENDERS)}")
     return [CONTENDERS[n] for n in dict.fromkeys(names)]
+
+
+def _shape_list(text: str) -> str:
+    """argparse type of --shape: every item must be a shape (checked when the flags are parsed)."""
+    unknown = [item for item in (s.strip() for s in text.split(",")) if item and item not in SHAPE_CHOICES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown shape {unknown[0]!r}; choose from {', '.join(SHAPE_CHOICES)}")
+    return text
 
 
 def select_shapes(spec: str | None) -> list[str]:

@@ -63,7 +63,9 @@ async def assert_pinned_and_cached(stack: Stack, calls: list[dict[str, Any]], ag
             served = {c["served_by"] for c in mine}
             assert len(served) == 1 and served <= set(stack.backends), (workflow_id, mine)
             status = await wait_for_status(a2a, workflow_id, completed=len(mine), timeout=10.0)
-            assert status.assigned_instance in served
+            # the router reports the instance's base URL (the seed's assigned_instance): the one that served
+            (name,) = served
+            assert status.assigned_instance == f"http://127.0.0.1:{stack.backends[name]}"
             assert status.total_requests == status.completed_requests == len(mine)
             assert status.affinity_hits == len(mine) - 1
             assert set(status.agents) == {c["agent"] for c in mine} == agents

@@ -21,7 +21,11 @@ def routes(options: EnvoyOptions) -> dict[str, dict[str, Any]]:
 
 def test_per_try_idle_timeout_is_off_by_default_and_set_on_both_llm_routes() -> None:
     default = routes(EnvoyOptions(backends=BACKENDS, a2a=(Endpoint("127.0.0.1", 8090),)))
-    assert all("per_try_idle_timeout" not in r["route"].get("retry_policy", {}) for r in default.values())
+    # Only the stream-idle routes a stream's deadline selects (x-router-stream-idle-s, requestcontrol/deadline.py)
+    # carry one by default; every other route has none.
+    assert all("per_try_idle_timeout" not in r["route"].get("retry_policy", {}) for name, r in default.items()
+               if "-stream-idle-" not in name)
+    assert any("-stream-idle-" in name for name in default)
     chaos = routes(EnvoyOptions(backends=BACKENDS, a2a=(Endpoint("127.0.0.1", 8090),), per_try_idle_timeout_s=1.5))
     for name in ("routed-by-extproc", "fallback"):
         assert chaos[name]["route"]["retry_policy"]["per_try_idle_timeout"] == "1.5s"

@@ -19,7 +19,7 @@ def status(**overrides: object) -> WorkflowStatus:
     base = WorkflowStatus(
         workflow_id="wf-1", active_agents=3, agents=("collector", "analyst", "writer"), total_requests=3,
         affinity_hits=2, affinity_hit_rate=2 / 3, failovers=0, completed_requests=3, failed_requests=0,
-        cache_hits=2, cache_hit_rate=0.6, prompt_tokens=1500, cached_tokens=928,
+        cache_hits=2, cache_hit_rate=2 / 3, cached_token_rate=928 / 1500, prompt_tokens=1500, cached_tokens=928,
         avg_routing_latency_seconds=0.0001, assigned_instance="vllm-2", created_at=0.0, last_updated=1.0,
         queued_messages=0, in_flight_messages=0, queues={}, messages=MessageCounters(sent=1, delivered=1),
     )
@@ -28,6 +28,8 @@ def status(**overrides: object) -> WorkflowStatus:
 
 def test_a_pinned_workflow_that_reused_its_cache_passes() -> None:
     assert check_workflow(status(), calls("vllm-2", "vllm-2", "vllm-2")) == []
+    # the router reports the instance's base URL when it knows it (the seed's assigned_instance)
+    assert check_workflow(status(assigned_instance="http://10.0.0.2:8000"), calls("vllm-2", "vllm-2", "vllm-2")) == []
 
 
 @pytest.mark.parametrize(
