@@ -33,6 +33,7 @@ class Endpoints:
         self.queued_prefill: dict[str, float] = dict.fromkeys(self.instances, 0.0)
         self.costs = CostModel(self.instances)
         self.healthy: set[str] = set(self.instances)
+        self._candidates: tuple[str, ...] = self.instances  # the healthy ones in order, rebuilt on a change
         # instance -> monotonic time before which a healthy poll does not bring it back (passive health)
         self.held_down: dict[str, float] = {}
         self.snapshot: Mapping[str, BackendLoad] = {}
@@ -69,9 +70,12 @@ class Endpoints:
                 if (time.monotonic() if now is None else now) < until:
                     return
                 del self.held_down[instance]
-            self.healthy.add(instance)
+            if instance not in self.healthy:
+                self.healthy.add(instance)
+                self._refresh_candidates()
         elif instance in self.healthy:
             self.healthy.discard(instance)
+            self._refresh_candidates()
             for forget in self.on_down:
                 forget(instance)
 
@@ -102,6 +106,9 @@ class Endpoints:
 
     def candidates(self) -> list[str]:
         """The healthy instances; with every instance marked down, all of them (Envoy's own health checks get
-        the last word)."""
+        the last word). A fresh list: filters may keep it."""
+        return list(self._candidates)
+
+    def _refresh_candidates(self) -> None:
         healthy = self.healthy
-        return [i for i in self.instances if i in healthy] or list(self.instances)
+        self._candidates = tuple(i for i in self.instances if i in healthy) or self.instances

@@ -155,6 +155,10 @@ class LatencyLearner:
         return (PRIOR_TTFT_S if ttft is None else ttft * ratio, PRIOR_ITL_S if itl is None else itl * ratio)
 
 
+# Memoised header answers at most (distinct instance x max_tokens x stream combinations between two scrapes).
+MEMO_LIMIT = 4096
+
+
 class Deadlines:
     """The policy and the learner together: the headers of one forwarded request."""
 
@@ -165,10 +169,26 @@ class Deadlines:
         self.stream_buckets = tuple(stream_buckets)
         self.timeout_header = timeout_header
         self.idle_header = idle_header
+        self._memo: dict[tuple[str, int | None, bool], list[tuple[str, str]]] = {}
 
     def headers(self, instance: str, max_tokens: int | None, stream: bool) -> list[tuple[str, str]]:
+        """Memoised per (instance, max_tokens, stream) until the next scrape changes what the learner knows (the
+        hot path asks this for every request; the answer changes every poll interval at most)."""
         if not self.policy.enabled:
             return []
+        key = (instance, max_tokens, stream)
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= MEMO_LIMIT:
+                self._memo.clear()
+            found = self._memo[key] = self._headers(instance, max_tokens, stream)
+        return found
+
+    def forget(self, snapshot: object = None) -> None:
+        """Drop the memoised answers (called after each scrape, once the learner has taken it in)."""
+        self._memo.clear()
+
+    def _headers(self, instance: str, max_tokens: int | None, stream: bool) -> list[tuple[str, str]]:
         ttft, itl = self.learner.wall_latencies(instance)
         found = [(self.timeout_header, timeout_ms(per_try_timeout_s(self.policy, max_tokens, ttft, itl)))]
         if stream:

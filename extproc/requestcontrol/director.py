@@ -98,6 +98,7 @@ class Director:
         self.deadlines = Deadlines.from_settings(settings.deadline_floor, settings.deadline_multiplier,
                                                  settings.deadline_max_tokens, endpoints.instances)
         endpoints.on_publish.append(self.deadlines.learner.scraped)
+        endpoints.on_publish.append(self.deadlines.forget)
         self.strip_metadata = not settings.keep_workflow_metadata
         self.priority_scheduling = settings.priority_scheduling
         self.priority_half_life = settings.priority_half_life
@@ -176,7 +177,7 @@ class Director:
             priority = self._priority(decision, metadata, now)
             body = with_field(body if body is not None else routing.raw, "priority", priority)
         if request.path in LLM_PATHS:  # Envoy's per-try timeout (and a stream's idle route) for this request
-            headers += self.deadlines.headers(instance, routing.max_tokens, routing.stream)
+            headers += self.deadlines.headers(instance, routing.max_tokens, routing.stream)  # shared: never mutated
         plan = RoutePlan(instance, tuple(headers), body, destination)
         self._account(decision, metadata, request, time.perf_counter() - started)
         return plan
@@ -189,12 +190,11 @@ class Director:
         ``precise``: the tokens each instance holds per its KV events (None: no live stream for it)."""
         index = self.prefix_index
         matched = index.match(blocks) if index is not None and blocks else None
+        cached_tokens: dict[str, int] | None = None
         if cached_fraction:
-            cached_tokens: dict[str, int] | None = {i: round(f * prompt_tokens) for i, f in cached_fraction.items()}
+            cached_tokens = {i: round(f * prompt_tokens) for i, f in cached_fraction.items()}
         elif matched is not None:
             cached_tokens = {i: min(prompt_tokens, count * TOKENS_PER_BLOCK) for i, count in matched.items()}
-        else:
-            cached_tokens = None
         if precise:  # what the instances report beats any estimate; the estimate stays for the others
             cached_tokens = dict(cached_tokens or {})
             for instance, tokens in precise.items():
@@ -242,6 +242,8 @@ class Director:
         instance = decision.instance
         if self.prefix_index is not None and blocks:
             self.prefix_index.learn(instance, blocks)
+        if not prompt_tokens:
+            return decision
         cached = cached_tokens.get(instance, 0) if cached_tokens is not None else 0
         uncached = max(0, prompt_tokens - cached)
         return dataclasses.replace(decision, prefill_tokens=uncached) if uncached else decision

@@ -30,8 +30,12 @@ class WorkflowAffinity:
         slack = imbalance_slack(self.batching_preference, request.priority)
         if slack == float("inf"):
             return [home]
-        least = min(endpoints.load(i) for i in candidates)
-        return [home] if endpoints.load(home) - least <= slack else candidates
+        load = endpoints.load
+        home_load = load(home)
+        for other in candidates:
+            if home_load - load(other) > slack:
+                return candidates  # some instance is lighter by more than the slack: the workflow may move
+        return [home]
 
     def score(self, request: SchedulingRequest, endpoints: Endpoints, candidates: list[str]) -> dict[str, float]:
         home = request.home
