@@ -35,14 +35,22 @@ async def test_killed_instance_loses_no_request_and_its_workflows_move() -> None
         run = uuid.uuid4().hex[:6]
         served: dict[str, list[tuple[float, str]]] = defaultdict(list)
         failures: Counter[int] = Counter()
+        cut = [0]  # responses cut after they had started (retried once by the client)
         phase = {"stop": False}
 
         async def workflow(client: httpx.AsyncClient, index: int) -> None:
             workflow_id = f"kill-{run}-{index}"
             step = 0
             while not phase["stop"]:
-                response = await client.post(f"{stack.url}/v1/completions",
-                                             json=body(workflow_id, f"{workflow_id} {CONTEXT} step {step}"))
+                payload = body(workflow_id, f"{workflow_id} {CONTEXT} step {step}")
+                try:
+                    response = await client.post(f"{stack.url}/v1/completions", json=payload)
+                except httpx.RemoteProtocolError:
+                    # The instance died after its response had started (headers out, body cut, or lost to the
+                    # RST of the dying socket): no router can resend a started response (README, "Health and
+                    # failover"); clients retry it, as the OpenAI SDK does. Counted, and the retry must succeed.
+                    cut[0] += 1
+                    response = await client.post(f"{stack.url}/v1/completions", json=payload)
                 if response.status_code != 200:
                     failures[response.status_code] += 1
                 else:
@@ -81,6 +89,7 @@ async def test_killed_instance_loses_no_request_and_its_workflows_move() -> None
             await asyncio.gather(*tasks)
 
         assert not failures, f"client requests failed: {dict(failures)}"
+        assert cut[0] <= 2, f"{cut[0]} responses were cut mid-body: more than the kill's in-flight race explains"
         moved = [wid for wid, home in homes.items() if home == victim]
         assert moved
         for wid in moved:
