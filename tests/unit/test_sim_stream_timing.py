@@ -38,10 +38,20 @@ async def test_chat_role_chunk_leaves_with_the_first_token():
                     if first_chunk is None:
                         first_chunk = now
                         assert delta["role"] == "assistant"
+                        # Causal, not timed: when the role chunk arrives the engine has already emitted this
+                        # request's first token (at admission its TTFT histogram would still be empty).
+                        metrics = (await c.get("/metrics")).text
+                        assert "vllm:time_to_first_token_seconds_count" in metrics
+                        counts = [line for line in metrics.splitlines()
+                                  if line.startswith("vllm:time_to_first_token_seconds_count")]
+                        first_tokens = sum(float(line.rsplit(" ", 1)[1]) for line in counts)
+                        assert first_tokens == 1.0, counts
                     if delta.get("content") and first_content is None:
                         first_content = now
     finally:
         await server.stop()
     assert first_chunk is not None and first_content is not None
-    assert first_chunk >= 0.9 * prefill_wall  # not at admission: after the prefill
-    assert first_content - first_chunk < 0.25 * prefill_wall  # the same engine output
+    # The simulator catches up with the wall clock when its event loop was starved (driver.py), so on a loaded
+    # machine wall times can shrink: the causal check above is the assertion; these hold on a quiet machine.
+    if first_content < 2 * prefill_wall:
+        assert first_content - first_chunk < 0.25 * prefill_wall  # the same engine output
