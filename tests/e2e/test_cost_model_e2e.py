@@ -34,8 +34,9 @@ def body(workflow_id: str, agent: str, prompt: str, parent: str | None = None) -
 
 
 async def test_a_chain_stays_and_a_fan_out_spreads() -> None:
-    # A slow enough clock that a 2.6k-token prefill takes a noticeable wall time: siblings overlap.
-    with Stack(stack_options(with_a2a=False, time_scale=0.05, extproc_args=COST_MODEL)) as stack:
+    # A slow enough clock that a sibling's prefill (~3.5k uncached tokens: ~0.9 simulated s) takes ~0.25 s of wall
+    # time: all eight are routed while the first ones still queue there, even on a loaded machine.
+    with Stack(stack_options(with_a2a=False, time_scale=0.3, extproc_args=COST_MODEL)) as stack:
         run = uuid.uuid4().hex[:6]
         workflow = f"fan-{run}"
         async with httpx.AsyncClient(timeout=60) as client:
