@@ -17,7 +17,8 @@ from collections import Counter
 import httpx
 
 from benchmarks.stack import Stack
-from extproc.config import DEFAULT_DEADLINE_FLOOR_S, DEFAULT_DEADLINE_MULTIPLIER
+from extproc.config import DEFAULT_DEADLINE_FLOOR_S, DEFAULT_DEADLINE_MULTIPLIER, STREAM_IDLE_BUCKETS_S
+from extproc.requestcontrol.deadline import DeadlinePolicy, stream_idle_s
 from tests.conftest import stack_options
 
 PROMPT = " ".join(f"line {i}: the quick brown fox jumps over the lazy dog." for i in range(20))
@@ -138,3 +139,74 @@ async def test_long_generations_under_load_are_never_cut() -> None:
         # Learned, not the cold priors (3 x (2 + 1499 x 0.05) = 231 s), and above every healthy run.
         assert max(deadlines) < 100_000
         assert min(deadlines) / 1000 > latencies[-1]
+
+
+async def test_streams_on_a_frozen_instance_end_within_their_idle_bound() -> None:
+    """A stream whose response started when its instance froze cannot be retried (bytes went downstream), so its
+    idle route cuts it once it has been silent for the bucket; a stream that had not started yet is retried on
+    another instance and answered in full. Completions and chat streams, several at once on the frozen one."""
+    idle_bound = stream_idle_s(DeadlinePolicy(), 0.0, 0.0, STREAM_IDLE_BUCKETS_S)  # fast engine: the floor's bucket
+    assert idle_bound is not None
+    with Stack(stack_options(with_a2a=False)) as stack:
+        run = uuid.uuid4().hex[:6]
+        frozen_at: list[float] = []
+        async with httpx.AsyncClient(timeout=120) as client:
+            async def stream(workflow: str, chat: bool, max_tokens: int) -> tuple[str, str, int, float]:
+                """``(outcome, served by, content chunks, seconds from the freeze (or the start) to the end)``."""
+                started = time.monotonic()
+                body: dict[str, object] = {"model": "m", "max_tokens": max_tokens, "stream": True,
+                                           "workflow_metadata": {"workflow_id": workflow}}
+                if chat:
+                    body["messages"] = [{"role": "user", "content": f"{workflow} {PROMPT}"}]
+                else:
+                    body["prompt"] = f"{workflow} {PROMPT}"
+                chunks, served, outcome = 0, "", "complete"
+                try:
+                    async with client.stream("POST", f"{stack.url}/v1/{'chat/' if chat else ''}completions",
+                                             json=body) as response:
+                        served = response.headers.get("x-served-by", "")
+                        async for line in response.aiter_lines():
+                            chunks += line.startswith("data: {")
+                except httpx.RemoteProtocolError:
+                    outcome = "cut"
+                return outcome, served, chunks, time.monotonic() - (frozen_at[0] if frozen_at else started)
+
+            workflows = [f"frzs-{run}-{i}" for i in range(9)]
+            homes: dict[str, str] = {}
+            for _ in range(3):
+                for workflow in workflows:
+                    response = await client.post(f"{stack.url}/v1/completions", json={
+                        "model": "m", "prompt": f"{workflow} {PROMPT}", "max_tokens": 8,
+                        "workflow_metadata": {"workflow_id": workflow}})
+                    assert response.status_code == 200
+                    homes[workflow] = response.headers["x-served-by"]
+            victim = Counter(homes.values()).most_common(1)[0][0]
+            on_victim = [w for w in workflows if homes[w] == victim]
+            # Endless at this time scale (100k tokens x 0.124 ms = 12 s of stream): frozen mid-stream.
+            started = [asyncio.create_task(stream(w, chat, 100_000)) for w in on_victim for chat in (False, True)]
+            await asyncio.sleep(1.0)
+            process = stack.simulators[victim].popen
+            process.send_signal(signal.SIGSTOP)
+            frozen_at.append(time.monotonic())
+            try:
+                # Sent after the freeze, before anything noticed it: no headers come back, the per-try timeout
+                # retries them on another instance.
+                late = [asyncio.create_task(stream(w, True, 200)) for w in on_victim]
+                started_results = await asyncio.gather(*started)
+                late_results = await asyncio.gather(*late)
+                idle_timeouts = envoy_stat(stack, f"cluster.{victim}.upstream_rq_per_try_idle_timeout")
+                per_try_timeouts = envoy_stat(stack, f"cluster.{victim}.upstream_rq_per_try_timeout")
+            finally:
+                process.send_signal(signal.SIGCONT)
+
+        print(f"\nstreams frozen mid-response: {[(r[0], r[2], round(r[3], 2)) for r in started_results]}; "
+              f"sent after the freeze: {[(r[0], r[1], r[2], round(r[3], 2)) for r in late_results]}; "
+              f"idle timeouts {idle_timeouts}, per-try timeouts {per_try_timeouts}, idle bound {idle_bound:g} s")
+        for outcome, served, chunks, after_freeze in started_results:
+            assert (outcome, served) == ("cut", victim)
+            assert chunks > 0  # it had started: the cut is the only answer Envoy can give
+            assert after_freeze <= idle_bound + 3.0  # bound + the data already in the socket buffers + load
+        for outcome, served, chunks, after_freeze in late_results:
+            assert outcome == "complete" and served != victim and chunks >= 200
+            assert after_freeze <= max(DEFAULT_DEADLINE_FLOOR_S, idle_bound) + 3.0
+        assert idle_timeouts + per_try_timeouts >= len(started_results) + len(late_results)
