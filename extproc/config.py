@@ -46,7 +46,11 @@ DEFAULT_DEADLINE_FLOOR_S = 10.0
 DEFAULT_DEADLINE_MULTIPLIER = 3.0
 DEFAULT_DEADLINE_MAX_TOKENS = 4096
 # Paths whose JSON body is parsed for routing; any other path is routed on headers only.
-LLM_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
+LLM_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/messages"})
+# Workflow identity from keys clients already send (extproc/requestcontrol/identity.py, docs/clients.md).
+DEFAULT_SESSION_HEADER = "x-session-id"  # vllm-router's consistent_hash hashes this header
+DEFAULT_RESPONSE_ID_TTL_S = 3600.0
+DEFAULT_MAX_RESPONSE_IDS = 100_000
 
 # --- defaults -----------------------------------------------------------------------------------------------
 DEFAULT_HOST = "0.0.0.0"
@@ -167,6 +171,14 @@ class Settings:
     deadline_floor: float = DEFAULT_DEADLINE_FLOOR_S
     deadline_multiplier: float = DEFAULT_DEADLINE_MULTIPLIER
     deadline_max_tokens: int = DEFAULT_DEADLINE_MAX_TOKENS
+    # --- workflow identity sources (docs/clients.md) ---
+    identity_workflow_header: bool = True
+    identity_prompt_cache_key: bool = True
+    identity_previous_response: bool = True
+    identity_session_header: str = DEFAULT_SESSION_HEADER  # "" = off
+    identity_trace_id: bool = False
+    response_id_ttl: float = DEFAULT_RESPONSE_ID_TTL_S
+    max_response_ids: int = DEFAULT_MAX_RESPONSE_IDS
 
     def validate(self) -> Settings:
         if self.workflow_ttl <= 0:
@@ -203,6 +215,10 @@ class Settings:
         self._validate_gie_and_tls()
         if self.deadline_floor < 0 or self.deadline_multiplier < 1 or self.deadline_max_tokens < 1:
             raise ValueError("--deadline-floor must be >= 0, --deadline-multiplier >= 1, --deadline-max-tokens >= 1")
+        if self.response_id_ttl <= 0 or self.max_response_ids < 1:
+            raise ValueError("--response-id-ttl must be > 0 and --max-response-ids >= 1")
+        if self.identity_session_header.lower() != self.identity_session_header:
+            raise ValueError("--identity-session-header must be a lower-case header name (or empty: off)")
         return self
 
     def _validate_kv_events(self) -> None:
@@ -372,6 +388,26 @@ def build_parser() -> argparse.ArgumentParser:
         "instance's recent means in wall seconds); streams: idle bound from the same floor and multiplier")
     add("--deadline-max-tokens", type=int, default=_env("deadline-max-tokens", DEFAULT_DEADLINE_MAX_TOKENS),
         help="max_tokens assumed for the deadline of a request that sets none")
+    add("--identity-workflow-header", type=_bool, nargs="?", const=True,
+        default=_bool(_env("identity-workflow-header", True) or ""),
+        help=f"workflow identity from the {WORKFLOW_ID_HEADER} header (precedence 2, after workflow_metadata)")
+    add("--identity-prompt-cache-key", type=_bool, nargs="?", const=True,
+        default=_bool(_env("identity-prompt-cache-key", True) or ""),
+        help="workflow identity from the body's prompt_cache_key (OpenAI's cache-routing key; precedence 3)")
+    add("--identity-previous-response", type=_bool, nargs="?", const=True,
+        default=_bool(_env("identity-previous-response", True) or ""),
+        help="workflow identity from the previous_response_id chain (precedence 4); follow-ups are pinned to the "
+        "instance holding their previous response either way")
+    add("--identity-session-header", default=_env("identity-session-header", DEFAULT_SESSION_HEADER),
+        help="header naming a session (precedence 5; vllm-router's consistent_hash key); empty = off")
+    add("--identity-trace-id", type=_bool, nargs="?", const=True,
+        default=_bool(_env("identity-trace-id", False) or ""),
+        help="workflow identity from the W3C traceparent trace id (precedence 6; all-zero ids are invalid and "
+        "ignored): one agent run when the framework is OpenTelemetry-instrumented")
+    add("--response-id-ttl", type=float, default=_env("response-id-ttl", DEFAULT_RESPONSE_ID_TTL_S),
+        help="seconds a stored response's id stays mapped to its instance after its last use")
+    add("--max-response-ids", type=int, default=_env("max-response-ids", DEFAULT_MAX_RESPONSE_IDS),
+        help="response ids remembered at most (~200 bytes each); the least recently used is dropped beyond")
     return parser
 
 
@@ -425,4 +461,11 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         deadline_floor=ns.deadline_floor,
         deadline_multiplier=ns.deadline_multiplier,
         deadline_max_tokens=ns.deadline_max_tokens,
+        identity_workflow_header=ns.identity_workflow_header,
+        identity_prompt_cache_key=ns.identity_prompt_cache_key,
+        identity_previous_response=ns.identity_previous_response,
+        identity_session_header=(ns.identity_session_header or "").strip().lower(),
+        identity_trace_id=ns.identity_trace_id,
+        response_id_ttl=ns.response_id_ttl,
+        max_response_ids=ns.max_response_ids,
     ).validate()

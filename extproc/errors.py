@@ -36,3 +36,20 @@ class BodyTooLarge(BadRequest):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body is larger than {limit} bytes", None, "request_too_large")
+
+
+class PreviousResponseUnavailable(BadRequest):
+    """A ``previous_response_id`` whose response lives on an instance that is gone (removed from the fleet: 404)
+    or down (503, worth a retry): only that instance could answer, and vLLM keeps stored responses in memory."""
+
+    def __init__(self, response_id: str, instance: str, *, removed: bool) -> None:
+        state = "is no longer part of the fleet" if removed else "is down"
+        super().__init__(
+            f"previous response '{response_id[:64]}' was stored on instance '{instance}', which {state}; stored "
+            f"responses live in the memory of the instance that produced them. "
+            + ("Resend the conversation's full input without 'previous_response_id'." if removed else
+               "Retry later, or resend the conversation's full input without 'previous_response_id'."),
+            "previous_response_id",
+            "previous_response_lost" if removed else "previous_response_unavailable",
+        )
+        self.status = 404 if removed else 503

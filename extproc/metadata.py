@@ -68,6 +68,17 @@ class RoutingInput:
     # request's deadline derives from them (requestcontrol/deadline.py).
     max_tokens: int | None = None
     stream: bool = False
+    # Identity keys clients already send (requestcontrol/identity.py): whether ``metadata`` came from the body's
+    # own ``workflow_metadata`` object (which wins as a whole, ``workflow_id: null`` included), OpenAI's
+    # ``prompt_cache_key``, and the Responses API's ``previous_response_id`` / ``store`` (vLLM's default: true).
+    from_body: bool = False
+    prompt_cache_key: str | None = None
+    previous_response_id: str | None = None
+    store: bool = True
+
+
+RESPONSES_PATH = "/v1/responses"
+MESSAGES_PATH = "/v1/messages"
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -91,6 +102,65 @@ def prompt_text(body: dict[str, Any]) -> str:
         elif isinstance(content, list):
             parts += [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
     return "\n".join(parts)
+
+
+def _text_parts(content: Any, parts: list[str]) -> None:
+    """Append a message's text: a string, or the ``text`` of its parts (chat ``text``, Responses ``input_text`` /
+    ``output_text``, Anthropic ``text`` blocks)."""
+    if isinstance(content, str):
+        parts.append(content)
+    elif isinstance(content, list):
+        parts += [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+
+
+def responses_prompt_text(body: dict[str, Any]) -> str:
+    """A Responses-API request's text in the order vLLM renders it: ``instructions`` (the system message), then
+    ``input`` (a string, or items with ``role`` and ``content``; tool outputs by their ``output``)."""
+    parts: list[str] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        parts += ["system", instructions]
+    items = body.get("input")
+    if isinstance(items, str):
+        parts += ["user", items]
+    elif isinstance(items, list):
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            if "role" in item:
+                parts.append(str(item.get("role", "")))
+                _text_parts(item.get("content"), parts)
+            elif isinstance(item.get("output"), str):
+                parts.append(item["output"])
+    return "\n".join(parts)
+
+
+def messages_prompt_text(body: dict[str, Any]) -> str:
+    """An Anthropic Messages request's text: ``system`` (a string or text blocks), then the messages."""
+    parts: list[str] = []
+    system = body.get("system")
+    if system is not None:
+        parts.append("system")
+        _text_parts(system, parts)
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, dict):
+                parts.append(str(message.get("role", "")))
+                _text_parts(message.get("content"), parts)
+    return "\n".join(parts)
+
+
+def _check_key(value: Any, param: str) -> str | None:
+    """An identity key the client sends for its own reasons (OpenAI accepts any string): only its type and
+    length are checked; null or empty means absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"'{param}' must be a string, got {type(value).__name__}", param, "invalid_type")
+    if len(value) > MAX_ID_LENGTH:
+        raise BadRequest(f"'{param}' is longer than {MAX_ID_LENGTH} characters", param, "too_long")
+    return value or None
 
 
 def _check_id(value: Any, param: str, *, required: bool) -> str | None:
@@ -178,11 +248,12 @@ def _body_metadata(obj: Any) -> WorkflowMetadata | None:
 
 
 def parse_llm_body(
-    raw: bytes, header_metadata: WorkflowMetadata | None, *, strip_metadata: bool, prompt_always: bool = False
+    raw: bytes, header_metadata: WorkflowMetadata | None, *, strip_metadata: bool, prompt_always: bool = False,
+    path: str = "",
 ) -> RoutingInput:
-    """Parse a completions / chat-completions body once and extract its routing input. The prompt text is
-    extracted for requests without workflow affinity, and for every request with ``prompt_always`` (the cost
-    model weighs every request's uncached tokens)."""
+    """Parse a completions / chat-completions / responses / messages body once and extract its routing input.
+    The prompt text is extracted for requests without workflow affinity, and for every request with
+    ``prompt_always`` (the cost model weighs every request's uncached tokens)."""
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object", None, "invalid_json")
     try:
@@ -194,25 +265,38 @@ def parse_llm_body(
         raise BadRequest(
             f"request body must be a JSON object, got {type(body).__name__}", None, "invalid_json"
         )
+    from_body = False
     if METADATA_FIELD in body:
         obj = body[METADATA_FIELD]
+        from_body = obj is not None
         metadata = header_metadata if obj is None else _body_metadata(obj)
     else:
         metadata = header_metadata
+    responses = path == RESPONSES_PATH
+    cache_key = _check_key(body.get("prompt_cache_key"), "prompt_cache_key")
+    previous = _check_key(body.get("previous_response_id"), "previous_response_id") if responses else None
     text, messages = "", None
     if prompt_always or metadata is None or not metadata.wants_affinity:
-        text = prompt_text(body)
-        raw_messages = body.get("messages")
-        messages = raw_messages if isinstance(raw_messages, list) else None
-    limit = body.get("max_completion_tokens")
+        if responses:
+            text = responses_prompt_text(body)
+        elif path == MESSAGES_PATH:
+            text = messages_prompt_text(body)
+        else:
+            text = prompt_text(body)
+            raw_messages = body.get("messages")
+            messages = raw_messages if isinstance(raw_messages, list) else None
+    limit = body.get("max_output_tokens") if responses else body.get("max_completion_tokens")
     if limit is None:
         limit = body.get("max_tokens")
     max_tokens = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
     stream = body.get("stream") is True
+    store = body.get("store") is not False
     if not strip_metadata or METADATA_FIELD not in body:
-        return RoutingInput(metadata, None, text, messages, raw, max_tokens, stream)
+        return RoutingInput(metadata, None, text, messages, raw, max_tokens, stream, from_body, cache_key, previous,
+                            store)
     del body[METADATA_FIELD]
-    return RoutingInput(metadata, _encode_stripped(raw, body), text, messages, raw, max_tokens, stream)
+    return RoutingInput(metadata, _encode_stripped(raw, body), text, messages, raw, max_tokens, stream, from_body,
+                        cache_key, previous, store)
 
 
 def with_field(body: bytes, name: str, value: int) -> bytes:

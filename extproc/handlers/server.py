@@ -143,9 +143,9 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc] 
             return response  # already routed (defensive: BUFFERED sends one body message)
         try:
             routing = self.director.parse(request, body.body)
-        except BadRequest as error:
+            plan = await self.director.route(request, routing, started)
+        except BadRequest as error:  # also a previous response whose instance is gone
             return immediate(error)
-        plan = await self.director.route(request, routing, started)
         common = response.request_body.response
         apply_plan(common, plan, body_in_place=True)
         if plan.destination is not None:
@@ -211,9 +211,9 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc] 
         assert request is not None
         try:
             routing = self.director.parse(request, body)
-        except BadRequest as error:
+            plan = await self.director.route(request, routing, started)
+        except BadRequest as error:  # also a previous response whose instance is gone
             return [immediate(error)]
-        plan = await self.director.route(request, routing, started)
         common = answer.request_headers.response
         apply_plan(common, plan, body_in_place=False)
         if plan.destination is not None:
@@ -246,7 +246,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc] 
         elif kind == "response_body" and stream.tail is not None:
             if not stream.tail.data:
                 assert stream.response is not None
-                self.director.response_started(stream.response)
+                self.director.response_started(stream.response, message.response_body.body)
             stream.tail.feed(message.response_body.body)
             if message.response_body.end_of_stream:
                 # Envoy closes observer streams lazily: the response's end is the request's end.

@@ -30,14 +30,23 @@ from extproc.config import (
 from extproc.datastore.endpoints import Endpoints
 from extproc.datastore.inflight import InFlight
 from extproc.datastore.prefix_index import CHARS_PER_TOKEN, TOKENS_PER_BLOCK, PrefixIndex, block_hashes
+from extproc.datastore.response_ids import ResponseIds, SharedResponseIds, response_id_from_chunk
 from extproc.datastore.shared_assignments import RedisAssignments
 from extproc.datastore.workflows import WorkflowTable
-from extproc.errors import BadRequest
-from extproc.metadata import RoutingInput, WorkflowMetadata, metadata_from_headers, parse_llm_body, with_field
+from extproc.errors import BadRequest, PreviousResponseUnavailable
+from extproc.metadata import (
+    RESPONSES_PATH,
+    RoutingInput,
+    WorkflowMetadata,
+    metadata_from_headers,
+    parse_llm_body,
+    with_field,
+)
 from extproc.metrics import Metrics
 from extproc.reporting import Reporter
 from extproc.requestcontrol.consensus import Consensus
 from extproc.requestcontrol.deadline import Deadlines
+from extproc.requestcontrol.identity import IdentityConfig, IdentityMetrics, chain_workflow, resolve
 from extproc.requestcontrol.passive_health import PassiveHealth
 from extproc.requestcontrol.priority import decayed, service, vllm_priority
 from extproc.requestcontrol.types import Decision, Request, Response, RoutePlan
@@ -110,11 +119,22 @@ class Director:
         self.prefix_routing = settings.prefix_routing
         self.destinations: dict[str, str] | None = (
             destination_endpoints(settings.backends) if settings.destination_mode == "endpoint" else None)
+        # Workflow identity from the keys clients already send (requestcontrol/identity.py), and the stored
+        # responses' instances (datastore/response_ids.py; shared through Redis with --store redis://).
+        self.identity = IdentityConfig(settings.identity_workflow_header, settings.identity_prompt_cache_key,
+                                       settings.identity_previous_response, settings.identity_session_header or None,
+                                       settings.identity_trace_id)
+        self.identity_metrics = IdentityMetrics(metrics.registry)
+        self.response_ids = ResponseIds(settings.response_id_ttl, settings.max_response_ids)
+        self.shared_response_ids = (SharedResponseIds(assignments.url, ttl=settings.response_id_ttl)
+                                    if assignments is not None else None)
+        metrics.registry.register(self.response_ids.collector(self.shared_response_ids))
         # Header names each stream reads (the handler extracts only these).
         self.router_headers = frozenset({":path", WORKFLOW_ID_HEADER, AGENT_ID_HEADER, "x-request-id",
-                                         TRACEPARENT_HEADER})
+                                         TRACEPARENT_HEADER} | ({self.identity.session_header}
+                                                                if self.identity.session_header else set()))
         self.observer_headers = frozenset({ROUTE_ID_HEADER, settings.cluster_header, WORKFLOW_ID_HEADER,
-                                           AGENT_ID_HEADER, "x-request-id"})
+                                           AGENT_ID_HEADER, "x-request-id", ":path"})
 
     # --- router stream -------------------------------------------------------------------------------------
     def start(self, headers: Mapping[str, str]) -> Request:
@@ -124,6 +144,7 @@ class Director:
             request_id=headers.get("x-request-id", ""),
             traceparent=headers.get(TRACEPARENT_HEADER),  # never invented here (docs/troubleshooting.md)
             header_metadata=None,
+            session=headers.get(self.identity.session_header) if self.identity.session_header else None,
         )
         try:
             request.header_metadata = metadata_from_headers(headers.get(WORKFLOW_ID_HEADER),
@@ -139,16 +160,21 @@ class Director:
             return RoutingInput(request.header_metadata)
         try:
             return parse_llm_body(body, request.header_metadata, strip_metadata=self.strip_metadata,
-                                  prompt_always=self.prompt_always)
+                                  prompt_always=self.prompt_always, path=request.path)
         except BadRequest as error:
             self.refused(request, error)
             raise
 
     async def route(self, request: Request, routing: RoutingInput, started: float) -> RoutePlan:
         """Choose the instance. Suspends only for an external KV lookup or to agree on a new or moved workflow
-        with the other replicas."""
-        metadata = routing.metadata
+        with the other replicas, or to read a response id another replica recorded. Raises
+        ``PreviousResponseUnavailable`` when the instance holding the previous response is gone or down."""
         now = self.clock()
+        pinned, chain = None, None
+        if routing.previous_response_id is not None:
+            pinned, chain = await self._previous_response(request, routing.previous_response_id, now)
+        metadata, source = resolve(self.identity, routing.metadata, routing.from_body, routing.prompt_cache_key,
+                                   chain, request.session, request.traceparent)
         prompt = routing.prompt_text
         blocks = block_hashes(prompt) if self.prefix_routing and prompt else ()
         cached = (await self.kv_index.cached_fractions(prompt, routing.messages)
@@ -159,8 +185,8 @@ class Director:
             found = await self.precise.cached_tokens(prompt, routing.messages)
             if found is not None:
                 prompt_tokens, precise = found
-        decision = self.decide(metadata, now, blocks, cached, prompt_tokens, precise)
-        if self.consensus is not None and decision.workflow_id is not None:
+        decision = self.decide(metadata, now, blocks, cached, prompt_tokens, precise, pinned)
+        if self.consensus is not None and decision.workflow_id is not None and pinned is None:
             decision = await self.consensus.agree(decision, now)
         instance = decision.instance
         request.instance = instance
@@ -179,15 +205,40 @@ class Director:
         if request.path in LLM_PATHS:  # Envoy's per-try timeout (and a stream's idle route) for this request
             headers += self.deadlines.headers(instance, routing.max_tokens, routing.stream)  # shared: never mutated
         plan = RoutePlan(instance, tuple(headers), body, destination)
+        self.identity_metrics.count(source)
         self._account(decision, metadata, request, time.perf_counter() - started)
         return plan
 
+    async def _previous_response(self, request: Request, response_id: str, now: float
+                                 ) -> tuple[str | None, str | None]:
+        """``(instance holding the previous response, its chain's workflow)``; ``(None, None)`` when unknown here
+        and in the shared store (the request is routed by its other sources; the backend answers its own 404)."""
+        ids = self.response_ids
+        entry = ids.get(response_id, now)
+        if entry is not None:
+            instance, workflow_id = entry.instance, entry.workflow_id
+        else:
+            shared = await self.shared_response_ids.lookup(response_id) if self.shared_response_ids else None
+            if shared is None:
+                ids.unknown += 1
+                return None, None
+            instance, workflow_id = shared
+            ids.learn(response_id, instance, workflow_id, now)
+        if instance not in self.endpoints.healthy:
+            ids.lost += 1
+            error = PreviousResponseUnavailable(response_id, instance, removed=instance not in self.endpoints)
+            self.refused(request, error)
+            raise error
+        ids.pinned += 1
+        return instance, workflow_id
+
     def decide(self, metadata: WorkflowMetadata | None, now: float, blocks: Sequence[int] = (),
                cached_fraction: Mapping[str, float] | None = None, prompt_tokens: int = 0,
-               precise: Mapping[str, int | None] | None = None) -> Decision:
+               precise: Mapping[str, int | None] | None = None, pinned: str | None = None) -> Decision:
         """Pick the instance with the scheduler and keep the workflow table and the prefix index in step (pure,
         synchronous). ``prompt_tokens``: the prompt's length (estimated from its text when no tokenizer ran);
-        ``precise``: the tokens each instance holds per its KV events (None: no live stream for it)."""
+        ``precise``: the tokens each instance holds per its KV events (None: no live stream for it); ``pinned``:
+        the only instance that can answer (it holds the request's previous response), whatever the load."""
         index = self.prefix_index
         matched = index.match(blocks) if index is not None and blocks else None
         cached_tokens: dict[str, int] | None = None
@@ -205,7 +256,7 @@ class Director:
         workflows = self.workflows
         if metadata is None or not metadata.wants_affinity:
             workflows.expire(now)
-            instance = self.scheduler.schedule(SchedulingRequest(
+            instance = pinned if pinned is not None else self.scheduler.schedule(SchedulingRequest(
                 prompt_blocks=blocks, cached_fraction=cached_fraction, prompt_tokens=prompt_tokens,
                 cached_tokens=cached_tokens)).instance
             if cached_fraction:
@@ -218,7 +269,7 @@ class Director:
         workflow_id = metadata.workflow_id
         entry = workflows.get(workflow_id, now)
         home = entry.instance if entry is not None and entry.instance in self.endpoints.healthy else None
-        instance = self.scheduler.schedule(SchedulingRequest(
+        instance = pinned if pinned is not None else self.scheduler.schedule(SchedulingRequest(
             workflow_id, home, metadata.workflow_priority, blocks, cached_fraction, prompt_tokens,
             cached_tokens)).instance
         if entry is not None and home is not None:
@@ -286,17 +337,41 @@ class Director:
         if route_id is not None:
             self.inflight.observe(route_id)
         return Response(route_id, headers.get(self.cluster_header) or "", headers.get(WORKFLOW_ID_HEADER),
-                        headers.get(AGENT_ID_HEADER), headers.get("x-request-id", ""), started=self.clock())
+                        headers.get(AGENT_ID_HEADER), headers.get("x-request-id", ""), started=self.clock(),
+                        path=headers.get(":path", "").partition("?")[0])
 
-    def response_started(self, response: Response) -> None:
+    def response_started(self, response: Response, first_chunk: bytes = b"") -> None:
         """The response's first bytes: its prompt has been computed (a streamed response's first token)."""
         if response.route_id is not None:
             self.inflight.prefilled(response.route_id)
+        if first_chunk:
+            self.learn_response_id(response, first_chunk)
+
+    def learn_response_id(self, response: Response, chunk: bytes) -> None:
+        """Record which instance holds a Responses-API response, from the chunk that carries its id: a JSON body
+        (its first member) or a stream's first event (``response.created``). Once per response; cheap for
+        other paths (one comparison)."""
+        if response.path != RESPONSES_PATH or response.response_id is not None or response.status != 200:
+            return
+        response_id = response_id_from_chunk(chunk)
+        if response_id is None:
+            return
+        response.response_id = response_id
+        served = response.served_by
+        instance = served if served is not None and served in self.endpoints else response.instance
+        if instance not in self.endpoints:
+            return
+        workflow_id = response.workflow_id or chain_workflow(response_id)
+        self.response_ids.learn(response_id, instance, workflow_id, self.clock())
+        if self.shared_response_ids is not None:
+            self.shared_response_ids.publish(response_id, instance, workflow_id)
 
     def completed(self, response: Response, body_tail: bytes) -> None:
         """The response ended (or the stream was cut): release, check health, count usage, report."""
         if response.route_id is not None:
             self.inflight.finish(response.route_id)
+        if response.response_id is None and response.path == RESPONSES_PATH:
+            self.learn_response_id(response, body_tail)  # a JSON body the first chunk did not carry whole
         usage = extract_usage(body_tail) if response.status == 200 else None
         instance = response.instance
         served = response.served_by

@@ -41,6 +41,7 @@ class Request:
     header_metadata: WorkflowMetadata | None
     instance: str | None = None
     route_id: str | None = None
+    session: str | None = None  # the session header's value (an identity source; requestcontrol/identity.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +66,5 @@ class Response:
     status: int = 0
     served_by: str | None = None  # the cluster whose host answered (differs after a retry elsewhere)
     started: float = 0.0  # the director's clock when the request went upstream (its observed wall duration)
+    path: str = ""  # the request's path (a Responses-API response's id is learned: datastore/response_ids.py)
+    response_id: str | None = None  # once learned
