@@ -1,7 +1,8 @@
 """The HTTP front of one simulated vLLM server (Starlette), separate from the engine model.
 
 vLLM's endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (both also as SSE with
-``"stream": true``), ``GET /v1/models``, ``GET /health`` (200, empty body), ``GET /metrics``,
+``"stream": true``), ``POST /v1/responses`` (with a per-process store) and the Anthropic-compatible
+``POST /v1/messages`` (``responses.py``), ``GET /v1/models``, ``GET /health`` (200, empty body), ``GET /metrics``,
 ``POST /reset_prefix_cache``. Simulator endpoints for tests and benchmarks: ``GET /sim/requests`` (the last N
 request bodies received), ``GET /sim/stats``, ``POST /sim/reset`` (prefix cache, recorded requests, stats),
 ``GET|POST /sim/faults`` (``{"slowdown": float, "hang": bool, "fail_rate": float}``). Every response carries
@@ -48,6 +49,7 @@ from .protocol import (
     tokenize_response,
     usage,
 )
+from .responses import ResponseStore, create_message, create_response
 
 if TYPE_CHECKING:
     from .kv_events import KVEventsPublisher
@@ -349,6 +351,14 @@ def create_app(config: SimConfig, *, rng: random.Random | None = None) -> Starle
     async def chat_completions(request: Request) -> Response:
         return await sim.generate(request, "chat")
 
+    responses_store = ResponseStore()  # this process's stored responses (benchmarks/simulator/responses.py)
+
+    async def responses(request: Request) -> Response:
+        return await create_response(sim, responses_store, request)
+
+    async def messages(request: Request) -> Response:
+        return await create_message(sim, request)
+
     async def models(request: Request) -> Response:
         name = config.model_name
         card = {
@@ -437,6 +447,8 @@ def create_app(config: SimConfig, *, rng: random.Random | None = None) -> Starle
     routes = [
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -453,5 +465,6 @@ def create_app(config: SimConfig, *, rng: random.Random | None = None) -> Starle
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     app.state.sim = sim
+    app.state.responses = responses_store
     app.add_middleware(_InstanceHeader, name=config.name)
     return app
