@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
 from a2a_service import NotFoundError, WorkflowStatus
 from a2a_service.client import A2AClient
+
+if TYPE_CHECKING:
+    from benchmarks.stack import ModelSpec
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 SYSTEM_PROMPT = (
@@ -44,18 +48,21 @@ class Step:
     cached_tokens: int
     seconds: float
     text: str
+    model: str = MODEL
 
 
 async def run_workflow(
     client: httpx.AsyncClient, url: str, workflow_id: str, *, max_tokens: int = 48, with_metadata: bool = True,
-    between: Callable[[Step], Awaitable[None]] | None = None,
+    between: Callable[[Step], Awaitable[None]] | None = None, models: Sequence[str] | None = None,
 ) -> list[Step]:
-    """Run the three agents in order; ``between`` is awaited after each agent's request."""
+    """Run the three agents in order; ``between`` is awaited after each agent's request; ``models``: each
+    agent's model (default: all on MODEL)."""
     transcript = ""
     steps: list[Step] = []
-    for agent, role in AGENTS:
+    for index, (agent, role) in enumerate(AGENTS):
+        model = models[index] if models else MODEL
         prompt = f"{SYSTEM_PROMPT}\n\nContext:\n{CONTEXT}\n\nTranscript:\n{transcript}\n\n{agent}: {role}\n"
-        body: dict[str, object] = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens}
+        body: dict[str, object] = {"model": model, "prompt": prompt, "max_tokens": max_tokens}
         if with_metadata:
             body["workflow_metadata"] = {"workflow_id": workflow_id, "agent_id": agent,
                                          "context_sharing_strategy": "auto"}
@@ -73,6 +80,7 @@ async def run_workflow(
             cached_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)),
             seconds=elapsed,
             text=text,
+            model=model,
         ))
         transcript += f"{agent}: {text.strip()}\n"
         if between is not None:
@@ -82,13 +90,24 @@ async def run_workflow(
 
 def print_steps(title: str, steps: list[Step]) -> None:
     print(title)
-    print(f"  {'agent':<15} {'instance':<9} {'status':>6} {'prompt tok':>10} {'cached tok':>10} {'latency':>9}")
+    width = max(len(s.model) for s in steps) if steps else 5
+    print(f"  {'agent':<15} {'model':<{width}} {'instance':<15} {'status':>6} {'prompt tok':>10} {'cached tok':>10} "
+          f"{'latency':>9}")
     for s in steps:
-        print(f"  {s.agent:<15} {s.instance:<9} {s.status:>6} {s.prompt_tokens:>10} {s.cached_tokens:>10} "
-              f"{s.seconds * 1000:>7.0f}ms")
+        print(f"  {s.agent:<15} {s.model:<{width}} {s.instance:<15} {s.status:>6} {s.prompt_tokens:>10} "
+              f"{s.cached_tokens:>10} {s.seconds * 1000:>7.0f}ms")
 
 
-async def run_demo(url: str, *, with_a2a: bool = True) -> None:
+def agent_models(models: Sequence[ModelSpec]) -> list[str]:
+    """The demo's agents on a mixed fleet: the collector and the reporter on the first model, the analyzer on
+    the second (its first LoRA adapter when it has one), so one workflow uses two models."""
+    first = models[0].name
+    second = models[1] if len(models) > 1 else models[0]
+    analyzer = second.adapters[0] if second.adapters else second.name
+    return [first, analyzer, first]
+
+
+async def run_demo(url: str, *, with_a2a: bool = True, models: Sequence[ModelSpec] | None = None) -> None:
     workflow_id = f"analysis-workflow-{uuid.uuid4().hex[:6]}"
     a2a_lines: list[str] = []
     async with httpx.AsyncClient(timeout=120) as client, A2AClient(url) as a2a:
@@ -107,12 +126,20 @@ async def run_demo(url: str, *, with_a2a: bool = True) -> None:
                              f"received {len(received)} message(s) in {waited:.1f} ms: "
                              f"{[d.message.json() for d in received]}")
 
-        steps = await run_workflow(client, url, workflow_id, between=hand_over)
+        chosen = agent_models(models) if models else None
+        steps = await run_workflow(client, url, workflow_id, between=hand_over, models=chosen)
         print_steps(f"== Demo workflow {workflow_id} through {url} ==", steps)
-        instances = {s.instance for s in steps}
-        verdict = "one instance" if len(instances) == 1 else f"{len(instances)} instances (!)"
-        print(f"  -> all three agents were served by {verdict}; cached prompt tokens: "
-              f"{' -> '.join(str(s.cached_tokens) for s in steps)}")
+        if chosen is not None and len(set(chosen)) > 1:
+            per_model = {m: {s.instance for s in steps if s.model == m} for m in dict.fromkeys(chosen)}
+            print("  -> one workflow on " + " and ".join(
+                f"{m} (served by {', '.join(sorted(i))})" for m, i in per_model.items())
+                + ": each model keeps its own instance; cached prompt tokens: "
+                + " -> ".join(str(s.cached_tokens) for s in steps))
+        else:
+            instances = {s.instance for s in steps}
+            verdict = "one instance" if len(instances) == 1 else f"{len(instances)} instances (!)"
+            print(f"  -> all three agents were served by {verdict}; cached prompt tokens: "
+                  f"{' -> '.join(str(s.cached_tokens) for s in steps)}")
         for line in a2a_lines:
             print(line)
         if with_a2a:

@@ -40,6 +40,42 @@ from benchmarks._stack_supervisor import (
 from extproc.envoy_config import Endpoint, EnvoyOptions, to_yaml
 
 _PR_SET_PDEATHSIG = 1
+# The default fleet's served names: the profile's model and the short alias tests and examples send.
+DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+DEFAULT_MODEL_ALIAS = "m"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a mixed fleet: its served name, how many instances serve it, its LoRA adapters."""
+
+    name: str
+    instances: int = 1
+    adapters: tuple[str, ...] = ()
+
+    def sim_args(self, max_loras: int) -> tuple[str, ...]:
+        args: tuple[str, ...] = ("--served-model-name", self.name)
+        if self.adapters:
+            args += ("--enable-lora", "--max-loras", str(max_loras), "--lora-modules",
+                     *(f"{a}=/adapters/{self.name}/{a}" for a in self.adapters))
+        return args
+
+
+def parse_models(spec: str) -> tuple[ModelSpec, ...]:
+    """``NAME[=COUNT][+ADAPTER...],...``, e.g. ``planner=1,worker=2+sql+review``; ValueError."""
+    models: list[ModelSpec] = []
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        head, *adapters = item.split("+")
+        name, sep, count = head.partition("=")
+        if not name or (sep and not count.isdigit()) or (sep and int(count) < 1) or any(not a for a in adapters):
+            raise ValueError(f"--models: expected NAME[=COUNT][+ADAPTER...], got {item!r}")
+        models.append(ModelSpec(name, int(count) if sep else 1, tuple(adapters)))
+    if not models:
+        raise ValueError("--models: at least one model")
+    return tuple(models)
 
 
 def envoy_binary() -> str:
@@ -162,6 +198,10 @@ class StackOptions:
     run_dir: Path | None = None
     # Further EnvoyOptions fields (jwt, rate limits, upstream_tls, gie: docs/envoy-security.md, docs/gateway-api.md).
     envoy_extra: dict[str, object] = field(default_factory=dict)
+    # A mixed fleet (--models): these models on their own instances (then `instances` is ignored); None: every
+    # instance serves DEFAULT_MODEL and its alias "m".
+    models: tuple[ModelSpec, ...] | None = None
+    max_loras: int = 2  # adapter slots of each instance serving adapters
 
 
 class Stack:
@@ -172,6 +212,7 @@ class Stack:
         self.run_dir = options.run_dir or Path(tempfile.mkdtemp(prefix="wfstack-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.simulators: dict[str, Process] = {}
+        self.sim_models: dict[str, tuple[str, ...]] = {}  # each simulator's model flags
         self.backends: dict[str, int] = dict(options.external_backends or {})
         self.extprocs: list[Process] = []
         self.a2as: list[Process] = []
@@ -206,8 +247,8 @@ class Stack:
         elif self.options.redis is not None:
             self.redis_url = self.options.redis
         if self.options.external_backends is None:
-            for index in range(1, self.options.instances + 1):
-                self.start_simulator(f"vllm-{index}")
+            for index, model_args in enumerate(self.fleet_sim_args(), start=1):
+                self.start_simulator(f"vllm-{index}", model_args=model_args)
         if self.options.with_a2a:
             for _ in range(self.options.a2a_replicas):
                 self.start_a2a()
@@ -224,10 +265,21 @@ class Stack:
                 process.stop()
 
     # --- components ------------------------------------------------------------------------------------------
-    def start_simulator(self, name: str, port: int = 0) -> Process:
+    def fleet_sim_args(self) -> list[tuple[str, ...]]:
+        """Each instance's model flags, in instance order."""
+        models = self.options.models
+        if models is None:
+            default = ("--served-model-name", DEFAULT_MODEL, DEFAULT_MODEL_ALIAS)
+            return [default] * self.options.instances
+        return [spec.sim_args(self.options.max_loras) for spec in models for _ in range(spec.instances)]
+
+    def start_simulator(self, name: str, port: int = 0, model_args: tuple[str, ...] | None = None) -> Process:
+        if model_args is None:  # a restart keeps the instance's models
+            model_args = self.sim_models.get(name, ("--served-model-name", DEFAULT_MODEL, DEFAULT_MODEL_ALIAS))
+        self.sim_models[name] = model_args
         argv = [sys.executable, "-m", "benchmarks.simulator", "--host", "127.0.0.1", "--port", str(port),
                 "--name", name, "--time-scale", str(self.options.time_scale),
-                "--log-level", self.options.log_level, *self.options.sim_args]
+                "--log-level", self.options.log_level, *model_args, *self.options.sim_args]
         process = spawn(name, argv, self.run_dir)
         try:
             process.ports["http"] = int(wait_for_line(process, r"VLLM_SIM_LISTENING port=(\d+)").group(1))
@@ -451,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"({DEFAULT_RESTART_BACKOFF_S:g} s doubling to {DEFAULT_RESTART_MAX_BACKOFF_S:g} s); off: it "
                         "stays down and the others serve its workflows. Envoy, ext_proc, A2A or Redis dying stops "
                         "the stack either way")
+    parser.add_argument("--models", default=env("STACK_MODELS"),
+                        help="a mixed fleet: NAME[=COUNT][+ADAPTER...],... e.g. 'planner=1,worker=2+sql+review' "
+                        "(replaces --instances; default: every instance serves "
+                        f"{DEFAULT_MODEL} alias {DEFAULT_MODEL_ALIAS!r})")
     parser.add_argument("--no-demo", action="store_true", help="start the stack without running the demo")
     parser.add_argument("--exit-after-demo", action="store_true", help="stop the stack after the demo")
     parser.add_argument("--log-level", default=env("STACK_LOG_LEVEL", "info"))
@@ -503,7 +559,7 @@ def _serve(ns: argparse.Namespace, options: StackOptions) -> int:
             if not ns.no_demo:
                 from benchmarks.demo import run_demo
 
-                asyncio.run(run_demo(stack.url))
+                asyncio.run(run_demo(stack.url, models=options.models))
             if ns.exit_after_demo:
                 return 0
             restart = RestartPolicy() if ns.restart_instances else None
@@ -529,6 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         time_scale=ns.time_scale, log_level=ns.log_level, run_dir=ns.run_dir,
         extproc_replicas=ns.replicas, a2a_replicas=ns.replicas,
         redis=(ns.redis or "private") if ns.replicas > 1 else ns.redis,
+        models=parse_models(ns.models) if ns.models else None,
     )
     print(f"starting the stack (logs in {options.run_dir}/) ...", flush=True)
     try:

@@ -77,6 +77,10 @@ FAILURES_TO_MARK_DOWN = 3
 # does); then the next successful poll brings it back.
 PASSIVE_HOLD_DOWN_S = 5.0
 
+# Dynamic fleets (extproc/discovery/): how often the endpoints file is re-read, the vLLM pods' port.
+DEFAULT_ENDPOINTS_FILE_INTERVAL_S = 0.5
+DEFAULT_K8S_PORT = 8000
+
 # --- limits -------------------------------------------------------------------------------------------------
 # Workflow and agent ids follow the A2A service's rules (ID_CHARSET, MAX_ID_LENGTH, imported above): they become
 # URL segments and stats keys there, so every id the router accepts is one the A2A service accepts too.
@@ -171,6 +175,20 @@ class Settings:
     deadline_floor: float = DEFAULT_DEADLINE_FLOOR_S
     deadline_multiplier: float = DEFAULT_DEADLINE_MULTIPLIER
     deadline_max_tokens: int = DEFAULT_DEADLINE_MAX_TOKENS
+    # --- dynamic fleet (extproc/discovery/, docs/kubernetes.md): the instances come from a watched file or from
+    # the Kubernetes API instead of --backends ---
+    endpoints_file: str | None = None
+    endpoints_file_interval: float = DEFAULT_ENDPOINTS_FILE_INTERVAL_S
+    k8s_label_selector: str | None = None
+    k8s_namespace: str = "default"
+    k8s_port: int = DEFAULT_K8S_PORT
+    k8s_api_url: str | None = None
+    k8s_token_file: str | None = None
+    k8s_ca_file: str | None = None
+
+    @property
+    def dynamic_fleet(self) -> bool:
+        return self.endpoints_file is not None or self.k8s_label_selector is not None
     # --- workflow identity sources (docs/clients.md) ---
     identity_workflow_header: bool = True
     identity_prompt_cache_key: bool = True
@@ -215,11 +233,23 @@ class Settings:
         self._validate_gie_and_tls()
         if self.deadline_floor < 0 or self.deadline_multiplier < 1 or self.deadline_max_tokens < 1:
             raise ValueError("--deadline-floor must be >= 0, --deadline-multiplier >= 1, --deadline-max-tokens >= 1")
+        self._validate_discovery()
         if self.response_id_ttl <= 0 or self.max_response_ids < 1:
             raise ValueError("--response-id-ttl must be > 0 and --max-response-ids >= 1")
         if self.identity_session_header.lower() != self.identity_session_header:
             raise ValueError("--identity-session-header must be a lower-case header name (or empty: off)")
         return self
+
+    def _validate_discovery(self) -> None:
+        if self.endpoints_file is not None and self.k8s_label_selector is not None:
+            raise ValueError("--endpoints-file and --k8s-label-selector are two fleet sources: choose one")
+        if self.dynamic_fleet and self.destination_mode != "endpoint":
+            raise ValueError("a dynamic fleet (--endpoints-file, --k8s-label-selector) needs --destination-mode "
+                             "endpoint: Envoy's ORIGINAL_DST cluster reaches any ip:port, static clusters do not")
+        if self.dynamic_fleet and (self.kv_events or self.kv_index != "local"):
+            raise ValueError("--kv-events and --kv-index lmcache name a static fleet; not with a dynamic one")
+        if self.endpoints_file_interval <= 0 or not 0 < self.k8s_port < 65536:
+            raise ValueError("--endpoints-file-interval must be > 0 and --k8s-port a port number")
 
     def _validate_kv_events(self) -> None:
         if self.kv_block_size < 1 or self.kv_index_max_blocks < 1:
@@ -238,7 +268,7 @@ class Settings:
     def _validate_gie_and_tls(self) -> None:
         if self.destination_mode not in DESTINATION_MODES:
             raise ValueError(f"--destination-mode must be one of {', '.join(DESTINATION_MODES)}")
-        if self.destination_mode == "endpoint":
+        if self.destination_mode == "endpoint" and not self.dynamic_fleet:  # a dynamic fleet's: checked as it comes
             destination_endpoints(self.backends)  # raises naming the backend without an ip:port URL
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("--tls-cert-file and --tls-key-file go together")
@@ -388,6 +418,25 @@ def build_parser() -> argparse.ArgumentParser:
         "instance's recent means in wall seconds); streams: idle bound from the same floor and multiplier")
     add("--deadline-max-tokens", type=int, default=_env("deadline-max-tokens", DEFAULT_DEADLINE_MAX_TOKENS),
         help="max_tokens assumed for the deadline of a request that sets none")
+    add("--endpoints-file", default=_env("endpoints-file", None),
+        help="YAML/JSON file listing the instances ({endpoints: [{name, url: http://IP:PORT}]}), re-read while "
+        "serving (a mounted ConfigMap); replaces --backends; a file that does not parse keeps the last good fleet; "
+        "needs --destination-mode endpoint (docs/kubernetes.md)")
+    add("--endpoints-file-interval", type=float,
+        default=_env("endpoints-file-interval", DEFAULT_ENDPOINTS_FILE_INTERVAL_S),
+        help="seconds between reads of --endpoints-file")
+    add("--k8s-label-selector", default=_env("k8s-label-selector", None),
+        help="discover the instances as the ready pods this label selector picks (e.g. app=vllm), watched through "
+        "the Kubernetes API; replaces --backends; needs --destination-mode endpoint and RBAC get/list/watch on pods")
+    add("--k8s-namespace", default=_env("k8s-namespace", "default"), help="namespace of the discovered pods")
+    add("--k8s-port", type=int, default=_env("k8s-port", DEFAULT_K8S_PORT),
+        help="the vLLM port of the discovered pods")
+    add("--k8s-api-url", default=_env("k8s-api-url", None),
+        help="Kubernetes API server URL (default: in-cluster, from KUBERNETES_SERVICE_HOST and the service account)")
+    add("--k8s-token-file", default=_env("k8s-token-file", None),
+        help="bearer token file for the API server (default in-cluster: the service account's)")
+    add("--k8s-ca-file", default=_env("k8s-ca-file", None),
+        help="CA bundle of the API server (default in-cluster: the service account's)")
     add("--identity-workflow-header", type=_bool, nargs="?", const=True,
         default=_bool(_env("identity-workflow-header", True) or ""),
         help=f"workflow identity from the {WORKFLOW_ID_HEADER} header (precedence 2, after workflow_metadata)")
@@ -461,6 +510,14 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         deadline_floor=ns.deadline_floor,
         deadline_multiplier=ns.deadline_multiplier,
         deadline_max_tokens=ns.deadline_max_tokens,
+        endpoints_file=ns.endpoints_file or None,
+        endpoints_file_interval=ns.endpoints_file_interval,
+        k8s_label_selector=ns.k8s_label_selector or None,
+        k8s_namespace=ns.k8s_namespace,
+        k8s_port=ns.k8s_port,
+        k8s_api_url=ns.k8s_api_url or None,
+        k8s_token_file=ns.k8s_token_file or None,
+        k8s_ca_file=ns.k8s_ca_file or None,
         identity_workflow_header=ns.identity_workflow_header,
         identity_prompt_cache_key=ns.identity_prompt_cache_key,
         identity_previous_response=ns.identity_previous_response,

@@ -38,6 +38,31 @@ class BodyTooLarge(BadRequest):
         super().__init__(f"request body is larger than {limit} bytes", None, "request_too_large")
 
 
+class ModelNotFound(BadRequest):
+    """No healthy instance serves the requested model (OpenAI's 404 ``model_not_found``; vLLM answers an unknown
+    model with 404 too, vllm/entrypoints/openai/models/serving.py): answered by the gateway, no backend sees it."""
+
+    status = 404
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{model[:256]}` does not exist or no healthy instance serves it.", "model",
+                         "model_not_found")
+
+
+class LocalAnswer(BadRequest):
+    """Not an error: a request the gateway answers itself with ``status`` and a JSON ``body`` (``GET /v1/models``:
+    the fleet's models). It travels the handler's local-reply path, which BadRequest already takes."""
+
+    status = 200
+
+    def __init__(self, body: bytes, code: str) -> None:
+        super().__init__("", None, code)
+        self.body = body
+
+    def to_json(self) -> bytes:
+        return self.body
+
+
 class PreviousResponseUnavailable(BadRequest):
     """A ``previous_response_id`` whose response lives on an instance that is gone (removed from the fleet: 404)
     or down (503, worth a retry): only that instance could answer, and vLLM keeps stored responses in memory."""

@@ -75,6 +75,8 @@ class RoutingInput:
     prompt_cache_key: str | None = None
     previous_response_id: str | None = None
     store: bool = True
+    # The request's ``model`` (None: not sent; vLLM then serves its first served model name).
+    model: str | None = None
 
 
 RESPONSES_PATH = "/v1/responses"
@@ -291,12 +293,15 @@ def parse_llm_body(
     max_tokens = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
     stream = body.get("stream") is True
     store = body.get("store") is not False
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest(f"'model' must be a string, got {type(model).__name__}", "model", "invalid_model")
     if not strip_metadata or METADATA_FIELD not in body:
         return RoutingInput(metadata, None, text, messages, raw, max_tokens, stream, from_body, cache_key, previous,
-                            store)
+                            store, model=model)
     del body[METADATA_FIELD]
     return RoutingInput(metadata, _encode_stripped(raw, body), text, messages, raw, max_tokens, stream, from_body,
-                        cache_key, previous, store)
+                        cache_key, previous, store, model=model)
 
 
 def with_field(body: bytes, name: str, value: int) -> bytes:

@@ -109,6 +109,7 @@ class Metrics:
             "extproc_routing_decisions", "Routing decisions by instance and reason", ["instance", "reason"],
             registry=reg,
         )
+        self._decision_family = decisions
         self.decisions = {(i, r): decisions.labels(i, r) for i in instances for r in REASONS}
         self._bad_requests = Counter(
             "extproc_bad_requests", "Requests answered 400 by the ext_proc server", ["code"], registry=reg
@@ -121,8 +122,18 @@ class Metrics:
                          registry=reg)
         cached = Counter("extproc_cached_tokens", "Cached prompt tokens reported by backends' usage (vLLM "
                          "usage.prompt_tokens_details.cached_tokens)", ["instance"], registry=reg)
+        self._prompt_family, self._cached_family = prompt, cached
         self._prompt = {i: prompt.labels(i) for i in instances}
         self._cached = {i: cached.labels(i) for i in instances}
+
+    def add_instance(self, instance: str) -> None:
+        """An instance joined the fleet (discovery): its labelled series start at zero."""
+        for reason in REASONS:
+            if (instance, reason) not in self.decisions:
+                self.decisions[instance, reason] = self._decision_family.labels(instance, reason)
+        if instance not in self._prompt:
+            self._prompt[instance] = self._prompt_family.labels(instance)
+            self._cached[instance] = self._cached_family.labels(instance)
 
     def watch(self, endpoints: Endpoints, workflows: WorkflowTable, inflight: InFlight,
               prefix_index: PrefixIndex | None, scheduler_stats: Stats) -> None:

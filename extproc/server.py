@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -21,6 +22,7 @@ from extproc.datastore.precise_cache import PreciseCacheView, build_precise_view
 from extproc.datastore.prefix_index import PrefixIndex
 from extproc.datastore.shared_assignments import RedisAssignments
 from extproc.datastore.workflows import WorkflowTable
+from extproc.discovery import EndpointsFile, Fleet, KubernetesPods, KubernetesSource
 from extproc.handlers.server import ExtProcServicer
 from extproc.kv_index import LMCacheIndex, build_kv_index
 from extproc.metrics import Metrics
@@ -68,6 +70,11 @@ def build_router(settings: Settings, reporter: Reporter, *, assignments: RedisAs
     if precise is not None:
         endpoints.on_down.append(precise.forget)  # a down instance's cache is gone
         metrics.registry.register(precise.collector())
+    # Instances that join later (extproc/discovery/) get their per-instance state here.
+    endpoints.on_added.append(metrics.add_instance)
+    endpoints.on_added.append(director.passive_health.add)
+    if prefix_index is not None:
+        endpoints.on_added.append(prefix_index.add)
     servicer = ExtProcServicer(director, metrics, settings.max_request_body_bytes)
     return Router(endpoints, workflows, prefix_index, inflight, metrics, director, servicer)
 
@@ -84,6 +91,23 @@ class Running:
     precise: PreciseCacheView | None
     grpc_port: int
     metrics_port: int
+    discovery: EndpointsFile | KubernetesPods | None = None
+
+
+async def _discovery(settings: Settings) -> tuple[Settings, EndpointsFile | KubernetesPods | None]:
+    """The fleet source (extproc/discovery/) and the settings with its initial fleet as the backends."""
+    source: EndpointsFile | KubernetesPods
+    if settings.endpoints_file is not None:
+        source = EndpointsFile(settings.endpoints_file, lambda _: None, settings.endpoints_file_interval)
+        initial = source.initial()
+    elif settings.k8s_label_selector is not None:
+        source = KubernetesPods(KubernetesSource(
+            settings.k8s_namespace, settings.k8s_label_selector, settings.k8s_port, settings.k8s_api_url,
+            settings.k8s_token_file, settings.k8s_ca_file), lambda _: None)
+        initial = await source.initial()
+    else:
+        return settings, None
+    return dataclasses.replace(settings, backends=initial), source
 
 
 def build_reporter(settings: Settings) -> Reporter:
@@ -130,6 +154,7 @@ def a2a_channel_credentials(settings: Settings) -> grpc.ChannelCredentials | Non
 
 async def start(settings: Settings, reporter: Reporter | None = None) -> Running:
     disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client; the *_created series double the exposition for no use here
+    settings, discovery = await _discovery(settings)
     reporter = reporter if reporter is not None else build_reporter(settings)
     assignments = None
     if settings.store != "memory":
@@ -169,15 +194,21 @@ async def start(settings: Settings, reporter: Reporter | None = None) -> Running
     http_server, _thread = start_http_server(settings.metrics_port, settings.host, registry=metrics.registry)
     metrics_port = http_server.server_port
     poller = BackendPoller(settings.backends, interval=settings.poll_interval, timeout=settings.poll_timeout,
-                           publish=router.endpoints.publish, on_change=router.endpoints.set_healthy)
+                           publish=router.endpoints.publish, on_change=router.endpoints.set_healthy,
+                           dynamic=discovery is not None)
     await poller.start()
+    if discovery is not None:
+        fleet = Fleet(router.endpoints, router.director, poller)
+        fleet.backends = settings.backends
+        discovery.apply = fleet.apply
+        await discovery.start()
     metrics.registry.register(poller.collector())
     await reporter.start()
     reporter_collector = reporter.collector()
     if reporter_collector is not None:
         metrics.registry.register(reporter_collector)
     return Running(server, health_servicer, router, reporter, poller, assignments, kv_index, precise, grpc_port,
-                   metrics_port)
+                   metrics_port, discovery)
 
 
 async def serve(settings: Settings) -> None:
@@ -202,6 +233,8 @@ async def serve(settings: Settings) -> None:
     # Streams in flight finish (they take microseconds); new ones are refused, Envoy retries elsewhere or
     # applies failure_mode_allow.
     await running.server.stop(settings.grace_period)
+    if running.discovery is not None:
+        await running.discovery.stop()
     await running.poller.stop()
     if running.assignments is not None:
         await running.assignments.stop()

@@ -33,6 +33,7 @@ from .config import (
 )
 from .engine import SCHEDULING_POLICIES
 from .kv_events_config import ENCODINGS, parse_kv_events_config
+from .lora import DEFAULT_LORA_LOAD_S, DEFAULT_MAX_LORAS, parse_lora_modules
 from .profile import DEFAULT_PROFILE, load_profile, profile_field_types
 from .server import serve
 
@@ -102,6 +103,17 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "msgpack shape of KV events: array (vLLM before PR #42892) or map (current vLLM)",
         ENCODINGS,
     )
+    # vLLM's list-valued flags (environment: names separated by spaces).
+    p.add_argument("--served-model-name", nargs="+", default=env.get(_env_name("--served-model-name"), "").split(),
+                   help="vLLM's served model names (the first labels the metrics); given, other models get 404 "
+                   f"[env {_env_name('--served-model-name')}]")
+    p.add_argument("--lora-modules", nargs="+", default=env.get(_env_name("--lora-modules"), "").split(),
+                   help="LoRA adapters, vLLM's forms: name=path or '{\"name\": ..., \"path\": ..., "
+                   f"\"base_model_name\": ...}}' [env {_env_name('--lora-modules')}]")
+    p.add_argument("--enable-lora", action="store_true", help="accepted for vLLM parity (adapters imply it)")
+    add("--max-loras", int, DEFAULT_MAX_LORAS, "adapters one batch can hold (GPU slots; vLLM's default 1)")
+    add("--lora-load-time", float, DEFAULT_LORA_LOAD_S,
+        "simulated seconds to load an adapter that is not in a slot")
     for name, kind in profile_field_types().items():
         if name in _PROFILE_FLAGS:
             add("--" + name.replace("_", "-"), kind, None, f"override the profile's {name}")
@@ -140,6 +152,10 @@ def build_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         kv_events=parse_kv_events_config(args.kv_events_config) if args.kv_events_config else None,
         kv_events_encoding=args.kv_events_encoding,
         kv_events_int_hashes=env.get("VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES", "1") not in ("0", ""),
+        served_model_names=tuple(args.served_model_name),
+        lora_modules=parse_lora_modules(args.lora_modules),
+        max_loras=int(args.max_loras),
+        lora_load_s=float(args.lora_load_time),
     ).validate()
 
 

@@ -34,6 +34,7 @@ from .config import INSTANCE_HEADER, SimConfig
 from .driver import AsyncEngine, RequestHandle, StepObserver
 from .engine import Engine, EngineRequest, SeqState
 from .errors import BadRequestError, SimulatorError
+from .lora import LoRASlots, ModelNotFoundError
 from .metrics import CONTENT_TYPE, SimMetrics
 from .protocol import (
     ParsedRequest,
@@ -135,7 +136,10 @@ class SimInstance:
             hasher=hasher,
             record_kv_events=kv_events is not None,
         )
-        self.metrics = SimMetrics(self.engine, config.model_name)
+        self.lora = (LoRASlots(config.max_loras, config.lora_load_s, config.time_scale)
+                     if config.lora_modules else None)
+        self._adapters = frozenset(m.name for m in config.lora_modules)
+        self.metrics = SimMetrics(self.engine, config.model_name, self.lora)
         self._kv_events_config = kv_events
         self.kv_events: KVEventsPublisher | None = None
         self.driver: AsyncEngine | None = None
@@ -225,6 +229,26 @@ class SimInstance:
         t.cached_tokens += state.num_cached_tokens
         t.completion_tokens += state.num_output
 
+    def served_adapter(self, model: str | None) -> str | None:
+        """The LoRA adapter a request names (None: a base model); raises ModelNotFoundError for a model this
+        server does not serve (only with explicit served names or adapters: benchmarks/simulator/lora.py)."""
+        if model is None or not self.config.strict_models or model in self.config.base_model_names:
+            return None
+        if model in self._adapters:
+            return model
+        raise ModelNotFoundError(model)
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        """``/v1/models`` as vLLM lists it (vllm/entrypoints/openai/models/serving.py): each served name, then
+        each adapter with ``root`` = its path and ``parent`` = its base model."""
+        created = int(time.time())
+        card = {"object": "model", "created": created, "owned_by": "vllm", "permission": []}
+        cards = [{"id": name, **card, "root": self.config.profile.model, "parent": None,
+                  "max_model_len": self.engine.max_model_len} for name in self.config.base_model_names]
+        cards += [{"id": m.name, **card, "root": m.path, "parent": m.base_model_name or self.config.model_name,
+                   "max_model_len": None} for m in self.config.lora_modules]
+        return cards
+
     # --- inference ----------------------------------------------------------------------------------------
     async def generate(self, request: Request, kind: str) -> Response:
         self.totals.requests += 1
@@ -258,6 +282,27 @@ class SimInstance:
         driver = self.driver
         if driver is None:
             return _error(503, "the engine is not running", "service_unavailable")
+        try:
+            adapter = self.served_adapter(parsed.model)
+        except SimulatorError as exc:
+            self.totals.rejected += 1
+            return _sim_error(exc)
+        if adapter is None:
+            return await self._run(driver, parsed, rid, kind)
+        assert self.lora is not None
+        await self.lora.acquire(adapter)  # waits for a slot and loads the adapter when it is not in one
+        try:
+            response = await self._run(driver, parsed, rid, kind)
+        except BaseException:
+            await self.lora.release(adapter)
+            raise
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = self.lora.holding(adapter, response.body_iterator)  # type: ignore[arg-type]  # starlette types it as a union of str/bytes iterators
+        else:
+            await self.lora.release(adapter)
+        return response
+
+    async def _run(self, driver: AsyncEngine, parsed: ParsedRequest, rid: str, kind: str) -> Response:
         try:
             handle = driver.submit(
                 EngineRequest(rid, parsed.prompt_token_ids, parsed.max_tokens, parsed.seed, parsed.priority)
@@ -360,17 +405,7 @@ def create_app(config: SimConfig, *, rng: random.Random | None = None) -> Starle
         return await create_message(sim, request)
 
     async def models(request: Request) -> Response:
-        name = config.model_name
-        card = {
-            "id": name,
-            "object": "model",
-            "created": int(time.time()),
-            "owned_by": "vllm",
-            "root": config.profile.model,
-            "parent": None,
-            "max_model_len": sim.engine.max_model_len,
-        }
-        return JSONResponse({"object": "list", "data": [card]})
+        return JSONResponse({"object": "list", "data": sim.model_cards()})
 
     async def health(request: Request) -> Response:
         if sim.driver is None or not sim.driver.running:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from .block_hash import HASH_ALGOS, HashAlgo
 from .engine import SCHEDULING_POLICIES, SchedulingPolicy
 from .kv_events_config import ENCODINGS, Encoding, KVEventsConfig
+from .lora import DEFAULT_LORA_LOAD_S, DEFAULT_MAX_LORAS, LoRAModule
 from .profile import Profile, load_profile
 
 __all__ = [
@@ -63,10 +64,27 @@ class SimConfig:
     kv_events_encoding: Encoding = "array"
     # VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES (vLLM's default 1): hashes in events as 64-bit ints, else bytes.
     kv_events_int_hashes: bool = True
+    # vLLM's --served-model-name (one or more; the first labels the metrics). Given (or with adapters), a request
+    # for any other model is answered 404 as vLLM does; without, any name is served (benchmarks/simulator/lora.py).
+    served_model_names: tuple[str, ...] = ()
+    lora_modules: tuple[LoRAModule, ...] = ()  # --lora-modules
+    max_loras: int = DEFAULT_MAX_LORAS  # --max-loras: adapter slots of one batch
+    lora_load_s: float = DEFAULT_LORA_LOAD_S  # simulated seconds to load an adapter into a slot
 
     @property
     def model_name(self) -> str:
+        if self.served_model_names:
+            return self.served_model_names[0]
         return self.served_model_name or self.profile.model
+
+    @property
+    def base_model_names(self) -> tuple[str, ...]:
+        return self.served_model_names or (self.model_name,)
+
+    @property
+    def strict_models(self) -> bool:
+        """Whether an unknown ``model`` is refused (404) as vLLM does."""
+        return bool(self.served_model_names or self.lora_modules)
 
     def validate(self) -> SimConfig:
         self.profile.validate()
@@ -86,4 +104,9 @@ class SimConfig:
             raise ValueError(f"kv_events_encoding must be one of {ENCODINGS}")
         if self.kv_events is not None:
             self.kv_events.validate()
+        if self.max_loras < 1 or self.lora_load_s < 0:
+            raise ValueError("max_loras must be >= 1 and lora_load_s >= 0")
+        names = [*self.base_model_names, *(m.name for m in self.lora_modules)]
+        if len(set(names)) != len(names):
+            raise ValueError("served model names and LoRA adapter names must be distinct")
         return self

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .engine import Engine, StepResult
+from .lora import LoRASlots
 
 __all__ = ["CONTENT_TYPE", "SimMetrics"]
 
@@ -83,12 +84,28 @@ class _EngineCollector(Collector):
         yield info
 
 
+class _LoRACollector(Collector):
+    """``vllm:lora_requests_info``: one series per label set seen, the value the time it was last set."""
+
+    def __init__(self, slots: LoRASlots) -> None:
+        self._slots = slots
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("vllm:lora_requests_info", "Running stats on lora requests.",
+                                 labels=["max_lora", "waiting_lora_adapters", "running_lora_adapters"])
+        for max_lora, waiting, running, stamp in self._slots.info():
+            info.add_metric([max_lora, waiting, running], stamp)
+        yield info
+
+
 class SimMetrics:
     """The registry of one instance; register it as a step observer of the :class:`~.driver.AsyncEngine`."""
 
-    def __init__(self, engine: Engine, model_name: str) -> None:
+    def __init__(self, engine: Engine, model_name: str, lora: LoRASlots | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_EngineCollector(engine, model_name))
+        if lora is not None:
+            self.registry.register(_LoRACollector(lora))
         labels = ["model_name"]
         self._ttft = Histogram(
             "vllm:time_to_first_token_seconds",

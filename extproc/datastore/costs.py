@@ -93,6 +93,16 @@ class CostModel:
         self._requests = dict.fromkeys(instances, 0.0)
         self.costs: dict[str, PrefillCost] = dict.fromkeys(instances, DEFAULT_COST)
 
+    def add(self, instance: str) -> None:
+        """An instance joined the fleet: it starts from the fleet-wide fit (or the default) until it reports."""
+        if instance in self._fits:
+            return
+        self._fits[instance] = PrefillFit()
+        self._uncached[instance] = 0.0
+        self._requests[instance] = 0.0
+        pooled = self._pooled.solve()
+        self.costs[instance] = PrefillCost(pooled[0], pooled[1], 0.0, True) if pooled is not None else DEFAULT_COST
+
     def observe(self, snapshot: Mapping[str, BackendLoad]) -> None:
         changed = False
         for instance, load in snapshot.items():

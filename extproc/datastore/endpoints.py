@@ -41,6 +41,8 @@ class Endpoints:
         self.on_down: list[Callable[[str], None]] = []
         # Called with every published snapshot (e.g. the prefix index sizes itself to each instance's KV).
         self.on_publish: list[Callable[[Mapping[str, BackendLoad]], None]] = []
+        # Called with an instance that joined the fleet (discovery): per-instance state elsewhere makes room.
+        self.on_added: list[Callable[[str], None]] = []
 
     def __contains__(self, instance: object) -> bool:
         return instance in self.outstanding
@@ -62,8 +64,8 @@ class Endpoints:
     def set_healthy(self, instance: str, healthy: bool, now: float | None = None) -> None:
         """Health from the poller. A held-down instance stays down until its time (``now``: monotonic seconds,
         read from the clock when not given)."""
-        if instance not in self.outstanding:
-            return
+        if instance not in self.outstanding or (healthy and instance not in self.instances):
+            return  # unknown, or removed from the fleet while its last scrape was under way
         if healthy:
             until = self.held_down.get(instance)
             if until is not None:
@@ -79,9 +81,38 @@ class Endpoints:
             for forget in self.on_down:
                 forget(instance)
 
+    def update(self, instances: Sequence[str], *, healthy: bool = False) -> tuple[list[str], list[str]]:
+        """The fleet changed (extproc/discovery/): ``(added, removed)``. A new instance starts down unless
+        ``healthy`` (the poller brings it up on its first good scrape); a removed one leaves the candidates at
+        once, its workflows move on their next request and its requests in flight finish where they are (its
+        counters are kept for them). Raises ValueError for an empty fleet."""
+        if not instances:
+            raise ValueError("at least one instance is required")
+        wanted = tuple(dict.fromkeys(instances))
+        current = set(self.instances)
+        added = [i for i in wanted if i not in current]
+        removed = [i for i in self.instances if i not in set(wanted)]
+        self.instances = wanted
+        for instance in added:
+            self.outstanding.setdefault(instance, 0)
+            self.queued_prefill.setdefault(instance, 0.0)
+            self.costs.add(instance)
+            self.held_down.pop(instance, None)
+            if healthy:
+                self.healthy.add(instance)
+            for hook in self.on_added:
+                hook(instance)
+        for instance in removed:
+            if instance in self.healthy:
+                self.healthy.discard(instance)
+                for forget in self.on_down:
+                    forget(instance)
+        self._refresh_candidates()
+        return added, removed
+
     def hold_down(self, instance: str, until: float) -> None:
         """Mark down from observed failures; successful polls are ignored until ``until`` (monotonic)."""
-        if instance in self.outstanding:
+        if instance in self.instances:
             self.held_down[instance] = until
             self.set_healthy(instance, False)
 

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from prometheus_client.core import CounterMetricFamily
@@ -47,6 +48,9 @@ _GAUGES = {
 }
 # vllm:cache_config_info{block_size="16",num_gpu_blocks="27950",...} 1.0: the instance's KV capacity.
 _CACHE_INFO = "vllm:cache_config_info"
+# vllm:lora_requests_info{max_lora="2",running_lora_adapters="a,b",waiting_lora_adapters=""} <unix time>: one
+# series per label set ever seen, the current one carries the latest time (vllm/v1/metrics/loggers.py).
+_LORA_INFO = "vllm:lora_requests_info"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,14 @@ class BackendLoad:
     itls: float = 0.0
     e2e_seconds: float = 0.0
     e2es: float = 0.0
+    # What the instance serves, from its /v1/models (None: not known, e.g. no URL or no /v1/models route).
+    models: frozenset[str] | None = None
+    adapters: frozenset[str] = frozenset()  # of those, the LoRA adapters (a card with a `parent`)
+    cards: tuple[ModelCard, ...] = ()  # the /v1/models entries (the gateway's own /v1/models lists their union)
+    # vllm:lora_requests_info: adapters with running / waiting requests and the adapter slots (0: no LoRA).
+    lora_running: frozenset[str] = frozenset()
+    lora_waiting: frozenset[str] = frozenset()
+    max_lora: int = 0
 
 
 def _label(line: str, name: str) -> str | None:
@@ -76,6 +88,58 @@ def _label(line: str, name: str) -> str | None:
     start += len(name) + 2
     end = line.find('"', start)
     return line[start:end] if end > 0 else None
+
+
+def _adapters(value: str | None) -> frozenset[str]:
+    return frozenset(a.strip() for a in value.split(",") if a.strip()) if value else frozenset()
+
+
+def parse_lora_info(text: str) -> tuple[frozenset[str], frozenset[str], int] | None:
+    """``(running adapters, waiting adapters, max_lora)`` from the latest ``vllm:lora_requests_info`` series
+    (the one with the highest timestamp value); None when the instance does not serve LoRA."""
+    best: tuple[float, str] | None = None
+    for line in text.splitlines():
+        if not line.startswith(_LORA_INFO + "{"):
+            continue
+        try:
+            stamp = float(line.rsplit(" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if best is None or stamp >= best[0]:
+            best = (stamp, line)
+    if best is None:
+        return None
+    line = best[1]
+    slots = _label(line, "max_lora")
+    return (_adapters(_label(line, "running_lora_adapters")), _adapters(_label(line, "waiting_lora_adapters")),
+            int(slots) if slots and slots.isdigit() else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """One entry of an instance's ``/v1/models`` (vLLM's ModelCard: the fields a client of the gateway uses)."""
+
+    id: str
+    root: str | None = None  # a served model's path/name, an adapter's path
+    parent: str | None = None  # an adapter's base model; None for a served model name
+    max_model_len: int | None = None
+
+
+def parse_models(payload: object) -> tuple[ModelCard, ...]:
+    """The model cards of a ``/v1/models`` answer (vLLM lists each served model name with ``parent: null`` and
+    each LoRA adapter with ``root`` = its path and ``parent`` = its base model,
+    vllm/entrypoints/openai/models/serving.py ``show_available_models``). ValueError when it is not such a list."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        raise ValueError("expected {\"object\": \"list\", \"data\": [...]}")
+    cards: list[ModelCard] = []
+    for card in payload["data"]:
+        if not isinstance(card, dict) or not isinstance(card.get("id"), str):
+            raise ValueError("a model card without a string 'id'")
+        root, parent, length = card.get("root"), card.get("parent"), card.get("max_model_len")
+        cards.append(ModelCard(card["id"], root if isinstance(root, str) else None,
+                               parent if isinstance(parent, str) else None,
+                               length if isinstance(length, int) and not isinstance(length, bool) else None))
+    return tuple(cards)
 
 
 def parse_vllm_metrics(text: str) -> dict[str, float]:
@@ -116,24 +180,35 @@ class BackendPoller:
         timeout: float,
         publish: Callable[[dict[str, BackendLoad]], None],
         on_change: Callable[[str, bool], None],
+        dynamic: bool = False,
     ) -> None:
         self.backends = [b for b in backends if b.url]
+        self.dynamic = dynamic  # the fleet may change (extproc/discovery/): poll even while it is empty
         self.interval = interval
         self.timeout = timeout
         self.publish = publish
         self.on_change = on_change
         self.snapshot: dict[str, BackendLoad] = {}
         self._timeouts: dict[str, int] = {b.cluster: 0 for b in self.backends}
+        self._models_failing: set[str] = set()  # instances whose /v1/models failure was logged (once each)
         self.polls = 0
         self.failures = 0
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
 
+    def set_backends(self, backends: Sequence[Backend]) -> None:
+        """The fleet changed (discovery): the next poll scrapes these instances."""
+        self.backends = [b for b in backends if b.url]
+        for backend in self.backends:
+            self._timeouts.setdefault(backend.cluster, 0)
+        self.snapshot = {name: load for name, load in self.snapshot.items()
+                         if name in {b.cluster for b in self.backends}}
+
     async def start(self) -> None:
-        if not self.backends:
+        if not self.backends and not self.dynamic:
             return
-        self._client = httpx.AsyncClient(timeout=self.timeout,
-                                         limits=httpx.Limits(max_keepalive_connections=2 * len(self.backends)))
+        self._client = httpx.AsyncClient(timeout=self.timeout, limits=httpx.Limits(
+            max_keepalive_connections=3 * max(len(self.backends), 8 if self.dynamic else 1)))
         await self.poll_once()
         self._task = asyncio.create_task(self._run(), name="backend-poller")
 
@@ -155,8 +230,11 @@ class BackendPoller:
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
     async def poll_once(self) -> None:
-        results = await asyncio.gather(*(self._poll(b) for b in self.backends))
-        snapshot = {b.cluster: load for b, load in zip(self.backends, results, strict=True)}
+        backends = self.backends
+        results = await asyncio.gather(*(self._poll(b) for b in backends))
+        if backends is not self.backends:  # the fleet changed meanwhile: the next poll publishes it
+            return
+        snapshot = {b.cluster: load for b, load in zip(backends, results, strict=True)}
         for name, load in snapshot.items():
             previous = self.snapshot.get(name)
             if previous is not None and previous.healthy != load.healthy:
@@ -171,12 +249,13 @@ class BackendPoller:
         self.polls += 1
         now = time.monotonic()
         try:
-            health, metrics = await asyncio.gather(
-                self._client.get(f"{backend.url}/health"), self._client.get(f"{backend.url}/metrics")
+            health, metrics, listed = await asyncio.gather(
+                self._client.get(f"{backend.url}/health"), self._client.get(f"{backend.url}/metrics"),
+                self._client.get(f"{backend.url}/v1/models"),
             )
         except httpx.TimeoutException:
             self.failures += 1
-            self._timeouts[backend.cluster] += 1
+            self._timeouts[backend.cluster] = self._timeouts.get(backend.cluster, 0) + 1
             previous = self.snapshot.get(backend.cluster)
             if self._timeouts[backend.cluster] < TIMEOUTS_TO_MARK_DOWN and previous is not None:
                 return previous  # keep the last known state for now
@@ -188,8 +267,32 @@ class BackendPoller:
         if health.status_code != 200:
             self.failures += 1
             return BackendLoad(healthy=False, scraped_at=now)
-        gauges = parse_vllm_metrics(metrics.text) if metrics.status_code == 200 else {}
-        return BackendLoad(healthy=True, scraped_at=now, **gauges)
+        # A failing /v1/models is a failing instance, not one serving nothing; a server without the route
+        # (404: not vLLM, e.g. a test stub) serves whatever it is sent.
+        cards: tuple[ModelCard, ...] | None = None
+        if listed.status_code != 404:
+            try:
+                if listed.status_code != 200:
+                    raise ValueError(f"status {listed.status_code}")
+                cards = parse_models(listed.json())
+            except ValueError as error:  # json.JSONDecodeError is a ValueError
+                self.failures += 1
+                if backend.cluster not in self._models_failing:
+                    self._models_failing.add(backend.cluster)
+                    log.error("instance's /v1/models failed: treated as down", extra={
+                        "instance": backend.cluster, "error": str(error)})
+                return BackendLoad(healthy=False, scraped_at=now)
+        self._models_failing.discard(backend.cluster)
+        text = metrics.text if metrics.status_code == 200 else ""
+        gauges = parse_vllm_metrics(text) if text else {}
+        fields: dict[str, Any] = dict(gauges)
+        if cards is not None:
+            fields.update(models=frozenset(c.id for c in cards), cards=cards,
+                          adapters=frozenset(c.id for c in cards if c.parent is not None))
+        lora = parse_lora_info(text) if text else None
+        if lora is not None:
+            fields.update(lora_running=lora[0], lora_waiting=lora[1], max_lora=lora[2])
+        return BackendLoad(healthy=True, scraped_at=now, **fields)
 
     def collector(self) -> Collector:
         return _PollerCollector(self)

@@ -58,6 +58,12 @@ class PrefixIndex:
         self._capacity = dict.fromkeys(instances, capacity_blocks)
         self._anonymous = -1  # keys of occupy()'s blocks: negative, never a CRC-32 (those are >= 0)
 
+    def add(self, instance: str) -> None:
+        """An instance joined the fleet (discovery): it holds nothing yet."""
+        if instance not in self._blocks:
+            self._blocks[instance] = OrderedDict()
+            self._capacity[instance] = self.capacity_blocks
+
     def set_capacity(self, instance: str, blocks: int) -> None:
         """The instance's KV capacity in blocks (from its metrics); never above ``capacity_blocks``."""
         if instance in self._capacity and blocks > 0:

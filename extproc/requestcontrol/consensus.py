@@ -33,7 +33,7 @@ class Consensus:
 
     async def agree(self, decision: Decision, now: float) -> Decision:
         store = self.store
-        workflow_id = decision.workflow_id
+        workflow_id = decision.affinity_key or decision.workflow_id  # one claim per (workflow, model)
         assert workflow_id is not None
         store.touch(workflow_id)
         entry = self.workflows.peek(workflow_id)

@@ -46,6 +46,7 @@ from extproc.metrics import Metrics
 from extproc.reporting import Reporter
 from extproc.requestcontrol.consensus import Consensus
 from extproc.requestcontrol.deadline import Deadlines
+from extproc.requestcontrol.fleet import MODELS_PATH, affinity_key, check_model, models_answer
 from extproc.requestcontrol.identity import IdentityConfig, IdentityMetrics, chain_workflow, resolve
 from extproc.requestcontrol.passive_health import PassiveHealth
 from extproc.requestcontrol.priority import decayed, service, vllm_priority
@@ -131,7 +132,7 @@ class Director:
         metrics.registry.register(self.response_ids.collector(self.shared_response_ids))
         # Header names each stream reads (the handler extracts only these).
         self.router_headers = frozenset({":path", WORKFLOW_ID_HEADER, AGENT_ID_HEADER, "x-request-id",
-                                         TRACEPARENT_HEADER} | ({self.identity.session_header}
+                                         TRACEPARENT_HEADER, ":method"} | ({self.identity.session_header}
                                                                 if self.identity.session_header else set()))
         self.observer_headers = frozenset({ROUTE_ID_HEADER, settings.cluster_header, WORKFLOW_ID_HEADER,
                                            AGENT_ID_HEADER, "x-request-id", ":path"})
@@ -152,18 +153,26 @@ class Director:
         except BadRequest as error:
             self.refused(request, error)
             raise
+        if request.path == MODELS_PATH and headers.get(":method", "GET") == "GET" and self._models_known():
+            raise models_answer(self.endpoints)  # the fleet's union, answered by the gateway (not an error)
         return request
+
+    def _models_known(self) -> bool:
+        endpoints = self.endpoints
+        return any(endpoints.live(i).models is not None for i in endpoints.candidates())
 
     def parse(self, request: Request, body: bytes | None) -> RoutingInput:
         """The routing facts of the body (parsed once); raises ``BadRequest`` naming the offending field."""
         if body is None or request.path not in LLM_PATHS:
             return RoutingInput(request.header_metadata)
         try:
-            return parse_llm_body(body, request.header_metadata, strip_metadata=self.strip_metadata,
+            routing = parse_llm_body(body, request.header_metadata, strip_metadata=self.strip_metadata,
                                   prompt_always=self.prompt_always, path=request.path)
+            check_model(self.endpoints, routing.model)  # 404 model_not_found: no healthy instance serves it
         except BadRequest as error:
             self.refused(request, error)
             raise
+        return routing
 
     async def route(self, request: Request, routing: RoutingInput, started: float) -> RoutePlan:
         """Choose the instance. Suspends only for an external KV lookup or to agree on a new or moved workflow
@@ -185,7 +194,7 @@ class Director:
             found = await self.precise.cached_tokens(prompt, routing.messages)
             if found is not None:
                 prompt_tokens, precise = found
-        decision = self.decide(metadata, now, blocks, cached, prompt_tokens, precise, pinned)
+        decision = self.decide(metadata, now, blocks, cached, prompt_tokens, precise, pinned, model=routing.model)
         if self.consensus is not None and decision.workflow_id is not None and pinned is None:
             decision = await self.consensus.agree(decision, now)
         instance = decision.instance
@@ -234,7 +243,8 @@ class Director:
 
     def decide(self, metadata: WorkflowMetadata | None, now: float, blocks: Sequence[int] = (),
                cached_fraction: Mapping[str, float] | None = None, prompt_tokens: int = 0,
-               precise: Mapping[str, int | None] | None = None, pinned: str | None = None) -> Decision:
+               precise: Mapping[str, int | None] | None = None, pinned: str | None = None,
+               model: str | None = None) -> Decision:
         """Pick the instance with the scheduler and keep the workflow table and the prefix index in step (pure,
         synchronous). ``prompt_tokens``: the prompt's length (estimated from its text when no tokenizer ran);
         ``precise``: the tokens each instance holds per its KV events (None: no live stream for it); ``pinned``:
@@ -258,7 +268,7 @@ class Director:
             workflows.expire(now)
             instance = pinned if pinned is not None else self.scheduler.schedule(SchedulingRequest(
                 prompt_blocks=blocks, cached_fraction=cached_fraction, prompt_tokens=prompt_tokens,
-                cached_tokens=cached_tokens)).instance
+                cached_tokens=cached_tokens, model=model)).instance
             if cached_fraction:
                 prefix = round(cached_fraction.get(instance, 0.0) * len(blocks)) if blocks else int(
                     cached_fraction.get(instance, 0.0) > 0)
@@ -267,23 +277,26 @@ class Director:
             return self._learned(Decision(instance, None, False, False, False, prefix_blocks=prefix), blocks,
                                  prompt_tokens, cached_tokens)
         workflow_id = metadata.workflow_id
-        entry = workflows.get(workflow_id, now)
+        key = affinity_key(workflow_id, model)  # one instance per (workflow, model)
+        entry = workflows.get(key, now)
         home = entry.instance if entry is not None and entry.instance in self.endpoints.healthy else None
         instance = pinned if pinned is not None else self.scheduler.schedule(SchedulingRequest(
             workflow_id, home, metadata.workflow_priority, blocks, cached_fraction, prompt_tokens,
-            cached_tokens)).instance
+            cached_tokens, model=model)).instance
         if entry is not None and home is not None:
             if instance == home:
                 entry.requests += 1
                 decision = Decision(home, workflow_id, True, False, False)
             else:
-                workflows.assign(workflow_id, instance, now).requests += 1
+                workflows.assign(key, instance, now).requests += 1
                 decision = Decision(instance, workflow_id, False, False, False, rebalanced=True, previous=home)
         else:
             previous = entry.instance if entry is not None else None
-            workflows.assign(workflow_id, instance, now).requests += 1
+            workflows.assign(key, instance, now).requests += 1
             decision = Decision(instance, workflow_id, False, previous is None, previous is not None,
                                 previous=previous)
+        if key != workflow_id:
+            decision = dataclasses.replace(decision, affinity_key=key)
         return self._learned(decision, blocks, prompt_tokens, cached_tokens)
 
     def _learned(self, decision: Decision, blocks: Sequence[int], prompt_tokens: int,
@@ -303,7 +316,7 @@ class Director:
         """Least attained service first: a request of a workflow that has had little service runs early."""
         if decision.workflow_id is None or metadata is None:
             return 0  # a request of its own is a program that has had no service yet
-        entry = self.workflows.peek(decision.workflow_id)
+        entry = self.workflows.peek(decision.affinity_key or decision.workflow_id)
         if entry is None:
             return 0
         attained = decayed(entry.attained, entry.attained_at, now, self.priority_half_life)

@@ -22,6 +22,10 @@ class PassiveHealth:
         self.endpoints = endpoints
         self.failures: dict[str, int] = dict.fromkeys(endpoints.instances, 0)
 
+    def add(self, instance: str) -> None:
+        """An instance joined the fleet (discovery)."""
+        self.failures.setdefault(instance, 0)
+
     def record(self, instance: str, status: int, retried_away: bool) -> None:
         if instance not in self.failures:
             return

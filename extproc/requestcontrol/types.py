@@ -18,6 +18,9 @@ class Decision:
     prefix_blocks: int = 0  # no-metadata requests: leading blocks the chosen instance was sent before
     previous: str | None = None  # failover/rebalance: the instance the workflow moved away from
     prefill_tokens: int = 0  # the prompt's tokens the chosen instance must compute (estimated)
+    # The workflow table's key when it is not the workflow id: one entry per (workflow, model), so a workflow's
+    # agents on different models each keep their own instance (requestcontrol/fleet.affinity_key).
+    affinity_key: str | None = None
 
     @property
     def reason(self) -> str:

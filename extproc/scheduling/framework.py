@@ -51,6 +51,8 @@ class SchedulingRequest:
     # leading tokens that instance holds (vLLM's KV events where configured, else the prefix index).
     prompt_tokens: int = 0
     cached_tokens: Mapping[str, int] | None = None
+    # The request's `model` (a served model name or a LoRA adapter; None: the server's default model).
+    model: str | None = None
 
 
 class Plugin(Protocol):

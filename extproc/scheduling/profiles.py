@@ -21,6 +21,7 @@ rotation). ``--scorer-weights prefix=3,queue=2`` overrides weights in every prof
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -199,6 +200,31 @@ def _profile(name: str, value: object, plugins: _Plugins, weights: Mapping[str, 
     return Profile(name, tuple(filters), tuple(scorers), picker, tuple(hooks.values()))
 
 
+# Filters every profile runs, whether or not its configuration names them: ``model`` first (an instance that does
+# not serve the request's model answers 404), ``lora-affinity`` after ``workflow-affinity`` (a workflow's own
+# instance keeps its adapter; otherwise adapter slots decide), else right after ``model``.
+FLEET_FILTERS = ("model", "lora-affinity")
+
+
+def _with_fleet_filters(profile: Profile, plugins: _Plugins) -> Profile:
+    kinds = [getattr(f, "kind", f.name) for f in profile.filters]
+    filters = list(profile.filters)
+    if "model" not in kinds:
+        filters.insert(0, _filter(plugins, "model", profile.name))
+        kinds.insert(0, "model")
+    if "lora-affinity" not in kinds:
+        after = kinds.index("workflow-affinity") if "workflow-affinity" in kinds else kinds.index("model")
+        filters.insert(after + 1, _filter(plugins, "lora-affinity", profile.name))
+    return dataclasses.replace(profile, filters=tuple(filters))
+
+
+def _filter(plugins: _Plugins, kind: str, profile: str) -> Filter:
+    plugin = plugins.get(kind, f"profiles.{profile}.filters")
+    if not isinstance(plugin, Filter):
+        raise ValueError(f"scheduling config: plugin {kind!r} is not a filter")
+    return plugin
+
+
 def build_scheduler(endpoints: Endpoints, context: PluginContext, config: Mapping[str, Any] | None = None,
                     weights: Mapping[str, float] | None = None) -> Scheduler:
     config = DEFAULT_CONFIG if config is None else config
@@ -213,7 +239,8 @@ def build_scheduler(endpoints: Endpoints, context: PluginContext, config: Mappin
         raise ValueError(f"scheduling config: unknown profiles {', '.join(unknown)} "
                          f"(known: {', '.join(PROFILE_NAMES)})")
     weights = weights or {}
-    profiles = {name: _profile(name, profiles_spec[name], plugins, weights) for name in PROFILE_NAMES}
+    profiles = {name: _with_fleet_filters(_profile(name, profiles_spec[name], plugins, weights), plugins)
+                for name in PROFILE_NAMES}
     known = {s.scorer.name for p in profiles.values() for s in p.scorers}
     stray = sorted(set(weights) - known)
     if stray:

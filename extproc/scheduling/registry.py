@@ -16,7 +16,9 @@ from extproc.scheduling.plugins.kv_headroom import KVHeadroomScorer
 from extproc.scheduling.plugins.kv_room import KVRoomFilter
 from extproc.scheduling.plugins.least_load import LeastLoadFilter
 from extproc.scheduling.plugins.load_bound import LoadBoundFilter
+from extproc.scheduling.plugins.lora_affinity import DEFAULT_LOAD_COST, LoRAAffinityFilter
 from extproc.scheduling.plugins.max_score import MaxScorePicker
+from extproc.scheduling.plugins.model_filter import ModelFilter
 from extproc.scheduling.plugins.prefix import PrefixScorer
 from extproc.scheduling.plugins.queue import QueueScorer
 from extproc.scheduling.plugins.workflow_affinity import WorkflowAffinity
@@ -56,6 +58,8 @@ PLUGINS: dict[str, Factory] = {
     "kv-headroom": lambda p, c: KVHeadroomScorer(),
     "max-score": lambda p, c: MaxScorePicker(),
     "cost-model": lambda p, c: CostModelScorer(_non_negative(p, "work_weight", 0.0)),
+    "model": lambda p, c: ModelFilter(),
+    "lora-affinity": lambda p, c: LoRAAffinityFilter(_non_negative(p, "load_cost", DEFAULT_LOAD_COST)),
 }
 
 

@@ -87,9 +87,9 @@ async def test_client_cannot_pick_the_destination(gie_stack: Stack) -> None:
     # Envoy's own admin port: if a client-sent header survived, ORIGINAL_DST would connect there.
     headers = {DESTINATION_ENDPOINT_HEADER: f"127.0.0.1:{gie_stack.admin_port}"}
     async with httpx.AsyncClient(timeout=30, headers=headers) as client:
-        models = await client.get(f"{gie_stack.url}/v1/models")  # routed on headers alone (no body)
+        health = await client.get(f"{gie_stack.url}/health")  # routed on headers alone (no body)
         llm = await client.post(f"{gie_stack.url}/v1/completions", json=completion("gie-spoof", 0))
-    for response in (models, llm):
+    for response in (health, llm):
         assert response.status_code == 200, response.text
         assert served_by(gie_stack, response) in gie_stack.simulators
 

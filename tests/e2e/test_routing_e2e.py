@@ -105,10 +105,12 @@ async def test_request_without_metadata_succeeds(stack: Stack) -> None:
         response = await client.post(f"{stack.url}/v1/completions", json=completion(None, "", "hello there"))
         chat = await client.post(f"{stack.url}/v1/chat/completions", json={
             "model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
-        models = await client.get(f"{stack.url}/v1/models")
-    for r in (response, chat, models):
+        models = await client.get(f"{stack.url}/v1/models")  # the fleet's models, answered by the gateway
+    for r in (response, chat):
         assert r.status_code == 200, r.text
         assert r.headers["x-served-by"] in stack.simulators
+    assert models.status_code == 200, models.text
+    assert {"m", "meta-llama/Llama-3.1-8B-Instruct"} <= {card["id"] for card in models.json()["data"]}
 
 
 async def test_headers_carry_workflow_when_the_body_cannot(stack: Stack) -> None:

@@ -115,7 +115,8 @@ profiles:
                                    "--scorer-weights", "queue=5"])
     router = build_router(settings, NullReporter())
     profiles = router.director.scheduler.profiles
-    assert [f.name for f in profiles["workflow"].filters] == ["sticky"]
+    # The fleet filters run in every profile: model first, lora-affinity after the workflow's own filter.
+    assert [f.name for f in profiles["workflow"].filters] == ["model", "sticky", "lora-affinity"]
     assert profiles["prefix"].scorers[0].weight == 5.0
     first = router.director.decide(_wf("w"), 0.0)
     for _ in range(100):  # preference 1.0: never leaves its instance, whatever the load
