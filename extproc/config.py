@@ -40,6 +40,9 @@ DESTINATION_MODES = ("cluster-header", "endpoint")
 # router filter's mutation_rules allow ext_proc to set x-envoy-* headers), and the header naming the stream-idle
 # route (one route per bucket, each with that per_try_idle_timeout; extproc/envoy_config/_routes.py).
 PER_TRY_TIMEOUT_HEADER = "x-envoy-upstream-rq-per-try-timeout-ms"
+# Set on a request pinned to the instance holding its previous response: Envoy's retry elsewhere (a connection
+# refused by a dead instance) would only meet another instance's "Response with id ... not found".
+MAX_RETRIES_HEADER = "x-envoy-max-retries"
 STREAM_IDLE_HEADER = "x-router-stream-idle-s"
 STREAM_IDLE_BUCKETS_S = (2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 DEFAULT_DEADLINE_FLOOR_S = 10.0

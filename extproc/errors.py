@@ -64,8 +64,12 @@ class LocalAnswer(BadRequest):
 
 
 class PreviousResponseUnavailable(BadRequest):
-    """A ``previous_response_id`` whose response lives on an instance that is gone (removed from the fleet: 404)
-    or down (503, worth a retry): only that instance could answer, and vLLM keeps stored responses in memory."""
+    """A ``previous_response_id`` whose response lives on an instance that is gone (removed from the fleet) or
+    down: only that instance could answer, and vLLM keeps stored responses in its memory. A 404 like vLLM's own
+    "not found" but naming the cause; not a 503: Envoy's local-reply mapper rewrites 503 bodies
+    (extproc/envoy_config/_filters.py), and a crashed vLLM's store does not survive its restart anyway."""
+
+    status = 404
 
     def __init__(self, response_id: str, instance: str, *, removed: bool) -> None:
         state = "is no longer part of the fleet" if removed else "is down"
@@ -77,4 +81,3 @@ class PreviousResponseUnavailable(BadRequest):
             "previous_response_id",
             "previous_response_lost" if removed else "previous_response_unavailable",
         )
-        self.status = 404 if removed else 503

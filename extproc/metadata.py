@@ -75,6 +75,8 @@ class RoutingInput:
     prompt_cache_key: str | None = None
     previous_response_id: str | None = None
     store: bool = True
+    # The Responses API's ``request_id`` (vLLM's extra field; the response's id is this request id).
+    request_id: str | None = None
     # The request's ``model`` (None: not sent; vLLM then serves its first served model name).
     model: str | None = None
 
@@ -293,22 +295,24 @@ def parse_llm_body(
     max_tokens = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
     stream = body.get("stream") is True
     store = body.get("store") is not False
+    request_id = body.get("request_id") if responses else None
+    request_id = request_id if isinstance(request_id, str) and request_id else None
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequest(f"'model' must be a string, got {type(model).__name__}", "model", "invalid_model")
     if not strip_metadata or METADATA_FIELD not in body:
         return RoutingInput(metadata, None, text, messages, raw, max_tokens, stream, from_body, cache_key, previous,
-                            store, model=model)
+                            store, request_id, model=model)
     del body[METADATA_FIELD]
     return RoutingInput(metadata, _encode_stripped(raw, body), text, messages, raw, max_tokens, stream, from_body,
-                        cache_key, previous, store, model=model)
+                        cache_key, previous, store, request_id, model=model)
 
 
-def with_field(body: bytes, name: str, value: int) -> bytes:
+def with_field(body: bytes, name: str, value: int | str) -> bytes:
     """``body`` (a JSON object) with ``"name": value`` added as its first member, without a second parse. A
     member of that name the client sent comes later and wins (JSON parsers, vLLM's included, keep the last)."""
     start = body.find(b"{")
-    member = f'"{name}":{value}'.encode()
+    member = b'"' + name.encode() + b'":' + orjson.dumps(value)
     rest = body[start + 1:]
     return b"{" + member + (b"," + rest if rest.strip() != b"}" else b"}")
 

@@ -12,7 +12,8 @@ Responses (``vllm/entrypoints/openai/responses/serving.py``, ``protocol.py``, ``
 - The prompt: ``instructions`` as the system message, the previous request's messages without their system
   messages, the previous response's output text as assistant messages, then ``input`` (a string is one user
   message) (``construct_input_messages``).
-- The response: ``ResponsesResponse.from_request`` (``id`` first; ``status`` ``incomplete`` with
+- The response: ``ResponsesResponse.from_request`` (``id`` first, the request's ``request_id``, an extra field
+  that defaults to ``resp_<uuid>``; ``status`` ``incomplete`` with
   ``incomplete_details.reason`` ``max_output_tokens`` when generation stopped at the token bound, which is always
   the case here); usage ``{input_tokens, input_tokens_details: {cached_tokens}, output_tokens,
   output_tokens_details: {reasoning_tokens}, total_tokens}``.
@@ -283,7 +284,8 @@ async def create_response(sim: SimInstance, store: ResponseStore, request: Reque
                     "id": item["call_id"], "type": "function",
                     "function": {"name": item["name"], "arguments": item["arguments"]}}]})
     messages = ([{"role": "system", "content": instructions}] if instructions else []) + prev_messages + new
-    rid = f"resp_{uuid.uuid4().hex}"
+    # vLLM's response id is the request's ``request_id`` (an extra field, default ``resp_<uuid>``).
+    rid = body.get("request_id") if isinstance(body.get("request_id"), str) else f"resp_{uuid.uuid4().hex}"
     try:
         handle = _submit(sim, rid, messages, max_tokens)
     except SimulatorError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from a2a_service.tracecontext import parse_traceparent
 from extproc.config import (
     AGENT_ID_HEADER,
     LLM_PATHS,
+    MAX_RETRIES_HEADER,
     ROUTE_ID_HEADER,
     TRACEPARENT_HEADER,
     WORKFLOW_ID_HEADER,
@@ -201,6 +203,8 @@ class Director:
         request.instance = instance
         route_id = request.route_id = self.inflight.start(instance, now, decision.prefill_tokens)
         headers = [(self.cluster_header, instance), (ROUTE_ID_HEADER, route_id)]
+        if pinned is not None:
+            headers.append((MAX_RETRIES_HEADER, "0"))
         if decision.workflow_id is not None and metadata is not None:
             # The observer stream (and the backend's logs) learn the workflow from these headers.
             headers.append((WORKFLOW_ID_HEADER, decision.workflow_id))
@@ -211,12 +215,30 @@ class Director:
         if self.priority_scheduling and routing.raw is not None:
             priority = self._priority(decision, metadata, now)
             body = with_field(body if body is not None else routing.raw, "priority", priority)
+        if request.path == RESPONSES_PATH and routing.store and routing.raw is not None:
+            body = self._stored_response(routing, body, instance, decision.workflow_id, now)
         if request.path in LLM_PATHS:  # Envoy's per-try timeout (and a stream's idle route) for this request
             headers += self.deadlines.headers(instance, routing.max_tokens, routing.stream)  # shared: never mutated
         plan = RoutePlan(instance, tuple(headers), body, destination)
         self.identity_metrics.count(source)
         self._account(decision, metadata, request, time.perf_counter() - started)
         return plan
+
+    def _stored_response(self, routing: RoutingInput, body: bytes | None, instance: str, workflow_id: str | None,
+                         now: float) -> bytes | None:
+        """A Responses request that will be stored: its response id is known before it runs (vLLM's response id
+        is the request's ``request_id``, ``ResponsesResponse.from_request``), so a follow-up sent as soon as the
+        answer arrives finds its instance here (the observer's learning from the response could come later).
+        The router names the request id when the client did not; returns the body to forward."""
+        response_id = routing.request_id
+        if response_id is None:
+            response_id = f"resp_{uuid.uuid4().hex}"
+            body = with_field(body if body is not None else routing.raw or b"{}", "request_id", response_id)
+        workflow_id = workflow_id or chain_workflow(response_id)
+        self.response_ids.learn(response_id, instance, workflow_id, now)
+        if self.shared_response_ids is not None:
+            self.shared_response_ids.publish(response_id, instance, workflow_id)
+        return body
 
     async def _previous_response(self, request: Request, response_id: str, now: float
                                  ) -> tuple[str | None, str | None]:

@@ -212,7 +212,7 @@ def test_previous_response_on_a_gone_or_down_instance_is_a_clear_error() -> None
     r.endpoints.set_healthy("vllm-2", False)
     with pytest.raises(PreviousResponseUnavailable) as caught:
         send(r, {"input": "x", "previous_response_id": "resp_down"})
-    assert caught.value.status == 503 and caught.value.code == "previous_response_unavailable"
+    assert caught.value.status == 404 and caught.value.code == "previous_response_unavailable"
 
 
 def test_prompt_cache_key_keeps_a_conversation_on_one_instance() -> None:
@@ -275,3 +275,28 @@ def test_usage_of_responses_and_messages() -> None:
     older = orjson.dumps({"usage": {"input_tokens": 100, "output_tokens": 4, "cache_read_input_tokens": None}})
     used = extract_usage(older)
     assert used is not None and (used.prompt_tokens, used.cached_tokens) == (100, 0)
+
+
+def test_stored_responses_are_known_before_they_run() -> None:
+    """The router names the request id (vLLM's response id) of a stored response and maps it at routing time:
+    a follow-up that arrives before the observer saw the response is pinned all the same."""
+    r = router()
+    director = r.director
+    request = director.start({":path": "/v1/responses"})
+    plan = asyncio.run(director.route(request, director.parse(request, b'{"input": "x"}'), 0.0))
+    assert plan.body is not None
+    response_id = orjson.loads(plan.body)["request_id"]
+    assert response_id.startswith("resp_") and orjson.loads(plan.body)["input"] == "x"
+    for _ in range(20):
+        r.endpoints.acquire(plan.instance)
+    assert send(r, {"input": "y", "previous_response_id": response_id}) == plan.instance
+    follow = director.start({":path": "/v1/responses"})
+    pinned = asyncio.run(director.route(follow, director.parse(
+        follow, orjson.dumps({"input": "y", "previous_response_id": response_id})), 0.0))
+    assert ("x-envoy-max-retries", "0") in pinned.headers  # a retry elsewhere could only meet a 404
+    own = director.start({":path": "/v1/responses"})
+    kept = asyncio.run(director.route(own, director.parse(own, b'{"input": "x", "request_id": "resp_mine"}'), 0.0))
+    assert kept.body is None and send(r, {"input": "z", "previous_response_id": "resp_mine"}) == kept.instance
+    unstored = director.start({":path": "/v1/responses"})
+    plain = asyncio.run(director.route(unstored, director.parse(unstored, b'{"input": "x", "store": false}'), 0.0))
+    assert plain.body is None

@@ -134,3 +134,11 @@ async def test_messages_api_and_its_cache_usage() -> None:
         assert delta["delta"]["stop_reason"] == "max_tokens" and delta["usage"]["output_tokens"] == 5
         bad = await c.post("/v1/messages", json={"model": "m", "messages": []})
         assert bad.status_code == 400 and bad.json()["type"] == "error"
+
+
+async def test_the_request_id_names_the_response() -> None:
+    async with client() as c:
+        r = (await c.post("/v1/responses", json={"input": "x", "request_id": "resp_chosen_by_the_router"})).json()
+        assert r["id"] == "resp_chosen_by_the_router"
+        follow = await c.post("/v1/responses", json={"input": "y", "previous_response_id": "resp_chosen_by_the_router"})
+        assert follow.status_code == 200
