@@ -97,7 +97,7 @@ class WaitingReceivers:
                 delay = min(delay * 2, 1.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call,unused-ignore]  # unannotated before redis-py 8.2
 
     def _on_wake(self, data: bytes) -> None:
         parts = data.decode(errors="replace").split("|")
