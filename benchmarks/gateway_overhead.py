@@ -6,6 +6,12 @@ backend, is the bottleneck. The same closed-loop load generator drives both gate
 decision time (parse + route + build the answer, via the servicer's synchronous core) is measured at 1k,
 10k and 100k active workflows.
 
+Streamed responses (``--streams``): a streaming backend (``benchmarks/stream_backend.py``, one SSE event per token)
+behind the same gateway, 16- and 256-token streams, with the observer reading every stream's body (as before
+requestcontrol/stream_observation.py) and with the default sample; the figure is the ext_proc process's own CPU
+time per request (``/proc/<pid>/stat``). Long prompts (``--long-prompts``): 2 KB and 400 KB prompts at low
+concurrency, the added p50/p99 over Envoy alone.
+
 Prints figures; asserts nothing. ``--quick`` runs a few seconds (used by ``make test``).
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -103,19 +110,116 @@ def make_requests(workflows: int, seed: int = 0) -> list[bytes]:
     return requests
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (``/proc/<pid>/stat`` utime and stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure_gateway(ext_proc: bool, backends: dict[str, int], requests: list[bytes], connections: int,
                     duration: float, run_dir: Path, replicas: int = 1, redis: str | None = None,
-                    observer: bool = True) -> LoadResult:
+                    observer: bool = True, extproc_args: tuple[str, ...] = ()) -> LoadResult:
+    """A closed-loop run; with the ext_proc, ``result.extproc_cpu_us`` = its CPU microseconds per request."""
     options = StackOptions(listen_port=0, admin_port=0, with_a2a=False, external_backends=backends,
                            ext_proc_enabled=ext_proc, envoy_concurrency=1, log_level="warning",
-                           extproc_replicas=replicas, redis=redis, observer=observer,
+                           extproc_replicas=replicas, redis=redis, observer=observer, extproc_args=extproc_args,
                            run_dir=run_dir / (f"extproc-x{replicas}" if ext_proc else "without-extproc"))
     with Stack(options) as stack:
         def make(i: int) -> bytes:
             return requests[i % len(requests)]
         asyncio.run(run_load("127.0.0.1", stack.listen_port, make, connections=connections, duration=1.0))  # warm
-        return asyncio.run(run_load("127.0.0.1", stack.listen_port, make, connections=connections,
-                                    duration=duration))
+        pids = [p.popen.pid for p in stack.extprocs] if ext_proc else []
+        cpu_before = sum(process_cpu_seconds(pid) for pid in pids)
+        result = asyncio.run(run_load("127.0.0.1", stack.listen_port, make, connections=connections,
+                                      duration=duration))
+        cpu = sum(process_cpu_seconds(pid) for pid in pids) - cpu_before
+        result.extproc_cpu_us = cpu / result.completed * 1e6 if pids and result.completed else float("nan")
+        return result
+
+
+def start_stream_backends(run_dir: Path, names: list[str]) -> tuple[list[Process], dict[str, int]]:
+    processes, ports = [], {}
+    for name in names:
+        port_file = run_dir / f"{name}.port"
+        process = spawn(f"stream-{name}", [sys.executable, "-m", "benchmarks.stream_backend", "--port-file",
+                                           str(port_file)], run_dir)
+        processes.append(process)
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if time.monotonic() > deadline or not process.alive():
+                raise RuntimeError(f"stream backend did not start:\n{process.log_tail()}")
+            time.sleep(0.05)
+        ports[name] = int(port_file.read_text())
+    return processes, ports
+
+
+def stream_requests(tokens: int, workflows: int = 200, seed: int = 0) -> list[bytes]:
+    rng = random.Random(seed)
+    return [http_request("POST", "/v1/completions", orjson.dumps({
+        "model": "bench", "prompt": f"Agent {i % 5} of workflow {w}: " + "summarize the quarterly figures. " * 20,
+        "max_tokens": tokens, "stream": True, "stream_options": {"include_usage": True},
+        "workflow_metadata": {"workflow_id": f"wf-{w}", "agent_id": f"agent-{i % 5}"},
+    })) for i, w in ((i, rng.randrange(workflows)) for i in range(512))]
+
+
+def long_prompt_requests(prompt_bytes: int, count: int = 64) -> list[bytes]:
+    filler = "The quarterly figures of the northern region, line by line, with their notes. "
+    text = (filler * (prompt_bytes // len(filler) + 1))[:prompt_bytes]
+    return [http_request("POST", "/v1/completions", orjson.dumps({
+        "model": "bench", "prompt": f"request {i}: {text}", "max_tokens": 16,
+        "workflow_metadata": {"workflow_id": f"long-{i % 8}", "agent_id": "reader"},
+    })) for i in range(count)]
+
+
+def _row(label: str, result: LoadResult) -> str:
+    cpu = result.extproc_cpu_us
+    return (f"{label:<34} {result.rate:>8.0f} {result.percentile(0.5) * 1e3:>8.2f} "
+            f"{result.percentile(0.99) * 1e3:>8.2f} {cpu:>12.0f}")
+
+
+def streams_section(run_dir: Path, connections: int, duration: float, report: dict[str, object]) -> None:
+    """ext_proc CPU per request for 16- and 256-token streams, the observer reading every body vs the sample."""
+    names = ["vllm-1", "vllm-2", "vllm-3"]
+    processes, backends = start_stream_backends(run_dir, names)
+    figures: dict[str, dict[str, float]] = {}
+    print(f"\n=== STREAMED RESPONSES (one SSE event per token, {connections} connections, {duration:g}s each) ===")
+    print(f"{'gateway / observer':<34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>12}")
+    try:
+        for tokens in (16, 256):
+            requests = stream_requests(tokens)
+            alone = measure_gateway(False, backends, requests, connections, duration, run_dir)
+            print(_row(f"{tokens} tokens, Envoy alone", alone))
+            for label, fraction in (("every body read", "1"), ("1 in 16 read (default)", "0.0625")):
+                result = measure_gateway(True, backends, requests, connections, duration, run_dir,
+                                         extproc_args=("--observe-stream-bodies", fraction))
+                print(_row(f"{tokens} tokens, {label}", result))
+                figures[f"{tokens}/{fraction}"] = {"rate": result.rate, "cpu_us": result.extproc_cpu_us,
+                                                   "p50": result.percentile(0.5), "rate_alone": alone.rate}
+    finally:
+        for process in processes:
+            process.stop()
+    for fraction, label in (("1", "every body read"), ("0.0625", "default")):
+        ratio = figures[f"256/{fraction}"]["cpu_us"] / figures[f"16/{fraction}"]["cpu_us"]
+        print(f"ext_proc CPU per request, 256 / 16 tokens, {label}: {ratio:.2f}x")
+    report["streams"] = figures
+
+
+def long_prompts_section(backends: dict[str, int], run_dir: Path, duration: float,
+                         report: dict[str, object]) -> None:
+    """Added latency of the ext_proc for 2 KB and 400 KB prompts at low concurrency (4 connections)."""
+    print("\n=== LONG PROMPTS (4 connections; added latency over Envoy alone) ===")
+    print(f"{'prompt / gateway':<34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>12}")
+    figures: dict[str, dict[str, float]] = {}
+    for size in (2_000, 400_000):
+        requests = long_prompt_requests(size)
+        alone = measure_gateway(False, backends, requests, 4, duration, run_dir)
+        with_ = measure_gateway(True, backends, requests, 4, duration, run_dir)
+        print(_row(f"{size // 1000} KB, Envoy alone", alone))
+        print(_row(f"{size // 1000} KB, Envoy + ext_proc", with_))
+        added = (with_.percentile(0.5) - alone.percentile(0.5), with_.percentile(0.99) - alone.percentile(0.99))
+        print(f"{size // 1000} KB: added p50 {added[0] * 1e3:.2f} ms, p99 {added[1] * 1e3:.2f} ms")
+        figures[str(size)] = {"added_p50": added[0], "added_p99": added[1], "cpu_us": with_.extproc_cpu_us}
+    report["long_prompts"] = figures
 
 
 def _drive(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -228,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="redis:// URL: also time routing decisions with the Redis store vs memory")
     parser.add_argument("--replicas-compare", action="store_true",
                         help="also compare the request rate with one vs two ext_proc replicas (Redis store)")
+    parser.add_argument("--streams", action="store_true",
+                        help="also measure streamed responses (16 and 256 tokens): ext_proc CPU per request")
+    parser.add_argument("--long-prompts", action="store_true",
+                        help="also measure the added latency for 2 KB and 400 KB prompts")
     parser.add_argument("--json-out", type=Path, default=None)
     return parser
 
@@ -244,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with_rates, without_rates, router_only_rates = [], [], []
         with_p, without_p, router_only_p = [], [], []
+        cpu_us: list[float] = []
         for _ in range(rounds):  # alternate so drifts in machine load hit all sides alike
             without = measure_gateway(False, backends, requests, ns.connections, duration, run_dir)
             with_ = measure_gateway(True, backends, requests, ns.connections, duration, run_dir)
@@ -251,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                                           observer=False)
             without_rates.append(without.rate)
             with_rates.append(with_.rate)
+            cpu_us.append(with_.extproc_cpu_us)
             router_only_rates.append(router_only.rate)
             without_p.append((without.percentile(0.5), without.percentile(0.99)))
             with_p.append((with_.percentile(0.5), with_.percentile(0.99)))
@@ -269,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     p_with = statistics.median(p[0] for p in with_p), statistics.median(p[1] for p in with_p)
     print(f"{'Envoy alone':<26} {rate_without:>9.0f} {p_without[0] * 1e3:>8.2f} {p_without[1] * 1e3:>8.2f}")
     print(f"{'Envoy + ext_proc':<26} {rate_with:>9.0f} {p_with[0] * 1e3:>8.2f} {p_with[1] * 1e3:>8.2f}")
+    cpu_with = statistics.median(cpu_us)
+    print(f"ext_proc CPU per request: {cpu_with:.0f} us")
     rate_router = statistics.median(router_only_rates)
     p_router = (statistics.median(p[0] for p in router_only_p), statistics.median(p[1] for p in router_only_p))
     print(f"{'Envoy + ext_proc, no obs.':<26} {rate_router:>9.0f} {p_router[0] * 1e3:>8.2f} {p_router[1] * 1e3:>8.2f}")
@@ -276,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rate ratio (with / without): {ratio:.2f}x; without the observer filter: "
           f"{rate_router / rate_without if rate_without else float('nan'):.2f}x")
     report.update(rate_without=rate_without, rate_with=rate_with, ratio=ratio, p_without=p_without, p_with=p_with,
+                  extproc_cpu_us=cpu_with,
                   rate_router_only=rate_router, p_router_only=p_router)
 
     print("\n=== ROUTING DECISION TIME (in-process: parse body + route + build response) ===")
@@ -288,6 +401,15 @@ def main(argv: list[str] | None = None) -> int:
         decision[str(active)] = (p50, p99)
         print(f"{active:>16} {p50 * 1e6:>8.1f} {p99 * 1e6:>8.1f}")
     report["routing_decision_s"] = decision
+
+    if ns.long_prompts:
+        backend_process, backends = start_fixed_backends(run_dir, names)
+        try:
+            long_prompts_section(backends, run_dir, duration, report)
+        finally:
+            backend_process.stop()
+    if ns.streams:
+        streams_section(run_dir, min(ns.connections, 16), duration, report)
 
     if ns.redis:
         print(f"\n=== ROUTING DECISION TIME BY STORE (awaited on an event loop; Redis at {ns.redis}) ===")

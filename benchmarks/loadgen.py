@@ -1,7 +1,8 @@
 """A small closed-loop HTTP/1.1 load generator (asyncio, keep-alive), the same for every contender.
 
 Each connection sends a request, reads the whole response, and sends the next one, until the duration is up.
-Responses must carry ``content-length`` (Envoy's and uvicorn's do for non-streaming bodies).
+Responses carry ``content-length`` (Envoy's and uvicorn's do for non-streaming bodies) or are chunked (streams,
+read to their last chunk; no trailers).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     errors: int = 0
+    extproc_cpu_us: float = float("nan")  # the gateway's ext_proc CPU microseconds per request, where measured
 
     @property
     def completed(self) -> int:
@@ -47,12 +49,21 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length = 0
+    chunked = False
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        name = name.strip().lower()
+        if name == b"content-length":
             length = int(value)
-            break
-    if length:
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:  # a stream: read its chunks to the last one
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    elif length:
         await reader.readexactly(length)
     return status
 

@@ -45,6 +45,16 @@ PER_TRY_TIMEOUT_HEADER = "x-envoy-upstream-rq-per-try-timeout-ms"
 MAX_RETRIES_HEADER = "x-envoy-max-retries"
 STREAM_IDLE_HEADER = "x-router-stream-idle-s"
 STREAM_IDLE_BUCKETS_S = (2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+# Streamed responses on the stream-idle routes reach the observer without their body (its per-route processing
+# mode; the end of the response is the end of its observer stream), except those the router marks with this
+# header: a sample (their usage is exact and measures the estimate of the others) and Responses-API streams
+# (their first event names the response id). docs/observability.md, "Streamed responses".
+OBSERVE_BODY_HEADER = "x-router-observe-body"
+DEFAULT_OBSERVE_STREAM_BODIES = 0.0625  # one stream in 16
+# Envoy closes an observer stream (observability mode) this long after its HTTP stream ended (the filter's
+# deferred_close_timeout; Envoy's default is 5 s). Messages not yet delivered by then are lost, so it leaves the
+# last body chunk of a response time to arrive; it is also how late the end of an unread stream is seen.
+OBSERVER_CLOSE_DELAY_S = 0.1
 DEFAULT_DEADLINE_FLOOR_S = 10.0
 DEFAULT_DEADLINE_MULTIPLIER = 3.0
 DEFAULT_DEADLINE_MAX_TOKENS = 4096
@@ -192,6 +202,7 @@ class Settings:
     @property
     def dynamic_fleet(self) -> bool:
         return self.endpoints_file is not None or self.k8s_label_selector is not None
+    observe_stream_bodies: float = DEFAULT_OBSERVE_STREAM_BODIES
     # --- workflow identity sources (docs/clients.md) ---
     identity_workflow_header: bool = True
     identity_prompt_cache_key: bool = True
@@ -237,6 +248,8 @@ class Settings:
         if self.deadline_floor < 0 or self.deadline_multiplier < 1 or self.deadline_max_tokens < 1:
             raise ValueError("--deadline-floor must be >= 0, --deadline-multiplier >= 1, --deadline-max-tokens >= 1")
         self._validate_discovery()
+        if not 0 <= self.observe_stream_bodies <= 1:
+            raise ValueError("--observe-stream-bodies must be between 0 and 1")
         if self.response_id_ttl <= 0 or self.max_response_ids < 1:
             raise ValueError("--response-id-ttl must be > 0 and --max-response-ids >= 1")
         if self.identity_session_header.lower() != self.identity_session_header:
@@ -440,6 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer token file for the API server (default in-cluster: the service account's)")
     add("--k8s-ca-file", default=_env("k8s-ca-file", None),
         help="CA bundle of the API server (default in-cluster: the service account's)")
+    add("--observe-stream-bodies", type=float,
+        default=_env("observe-stream-bodies", DEFAULT_OBSERVE_STREAM_BODIES), metavar="FRACTION",
+        help="share of streamed responses whose body the observer reads (exact usage; the others' usage is "
+             "estimated and their end is their observer stream's end, so the observer's cost does not grow with "
+             "output tokens); 1 reads every stream")
     add("--identity-workflow-header", type=_bool, nargs="?", const=True,
         default=_bool(_env("identity-workflow-header", True) or ""),
         help=f"workflow identity from the {WORKFLOW_ID_HEADER} header (precedence 2, after workflow_metadata)")
@@ -521,6 +539,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         k8s_api_url=ns.k8s_api_url or None,
         k8s_token_file=ns.k8s_token_file or None,
         k8s_ca_file=ns.k8s_ca_file or None,
+        observe_stream_bodies=ns.observe_stream_bodies,
         identity_workflow_header=ns.identity_workflow_header,
         identity_prompt_cache_key=ns.identity_prompt_cache_key,
         identity_previous_response=ns.identity_previous_response,

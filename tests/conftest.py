@@ -24,6 +24,8 @@ def stack_options(**overrides: object) -> StackOptions:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    """One stack shared by the read-mostly end-to-end tests (each uses its own workflow ids)."""
-    with Stack(stack_options()) as running:
+    """One stack shared by the read-mostly end-to-end tests (each uses its own workflow ids). Its observer reads
+    every stream's body, so their tests can check the usage of streams exactly (by default only a sample is read
+    and the others' usage is estimated: tests/e2e/test_observer_cost_e2e.py)."""
+    with Stack(stack_options(extproc_args=("--observe-stream-bodies", "1"))) as running:
         yield running

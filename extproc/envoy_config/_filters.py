@@ -6,7 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from extproc.config import DESTINATION_ENDPOINT_HEADER, PER_TRY_TIMEOUT_HEADER, STREAM_IDLE_HEADER
+from extproc.config import (
+    DESTINATION_ENDPOINT_HEADER,
+    OBSERVE_BODY_HEADER,
+    OBSERVER_CLOSE_DELAY_S,
+    PER_TRY_TIMEOUT_HEADER,
+    STREAM_IDLE_HEADER,
+)
 from extproc.envoy_config._options import (
     EXTPROC_CLUSTER,
     JSON_ERROR_CODES,
@@ -70,7 +76,8 @@ def json_error_codes(options: EnvoyOptions) -> tuple[int, ...]:
 def _header_mutation_filter(options: EnvoyOptions) -> dict[str, Any]:
     # A client-sent cluster header is removed before ext_proc runs, so only our decision can pick a cluster; the
     # same for the request's deadline (per-try timeout) and stream-idle route.
-    removed_headers = [{"remove": h} for h in (options.cluster_header, PER_TRY_TIMEOUT_HEADER, STREAM_IDLE_HEADER)]
+    removed_headers = [{"remove": h} for h in (options.cluster_header, PER_TRY_TIMEOUT_HEADER, STREAM_IDLE_HEADER,
+                                                 OBSERVE_BODY_HEADER)]
     if options.gie:
         # A client-chosen destination would let anyone make Envoy connect to any ip:port.
         removed_headers.append({"remove": DESTINATION_ENDPOINT_HEADER})
@@ -109,13 +116,17 @@ def _router_filter(options: EnvoyOptions) -> dict[str, Any]:
 
 
 def _observer_filter() -> dict[str, Any]:
-    # Sees each response end (load accounting) and its usage (cached tokens); Envoy does not wait for it.
+    # Sees each response end (load accounting) and its usage (cached tokens); Envoy does not wait for it. Its
+    # stream ends when the HTTP stream does: the end of a response whose body it does not see (streams, see
+    # _routes._observer_without_body), seen OBSERVER_CLOSE_DELAY_S late: Envoy holds an observability-mode stream
+    # open for deferred_close_timeout after the HTTP stream and drops what it did not deliver by then.
     return {
         "name": OBSERVER_FILTER,
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
             "observability_mode": True,
+            "deferred_close_timeout": duration(OBSERVER_CLOSE_DELAY_S),
             "failure_mode_allow": True,
             "processing_mode": {
                 "request_header_mode": "SEND",

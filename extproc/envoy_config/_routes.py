@@ -8,6 +8,7 @@ from typing import Any
 from extproc.config import (
     DESTINATION_ENDPOINT_HEADER,
     FALLBACK_HEADER,
+    OBSERVE_BODY_HEADER,
     SERVED_BY_HEADER,
     STREAM_IDLE_BUCKETS_S,
     STREAM_IDLE_HEADER,
@@ -99,21 +100,43 @@ def _routed_route(options: EnvoyOptions, served_by: list[dict[str, Any]]) -> dic
     }
 
 
+def _observer_without_body() -> dict[str, Any]:
+    """The observer's per-route mode on a stream's route: request and response headers, no response body (its
+    gRPC stream's end is the response's end: extproc/handlers/server.py), so a stream costs the observer the same
+    few messages whatever its length."""
+    return {OBSERVER_FILTER: {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+        "overrides": {"processing_mode": {
+            "request_header_mode": "SEND", "response_header_mode": "SEND", "request_body_mode": "NONE",
+            "response_body_mode": "NONE", "request_trailer_mode": "SKIP", "response_trailer_mode": "SKIP"}},
+    }}
+
+
 def _stream_idle_routes(options: EnvoyOptions, served_by: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One route per idle bucket: the ext_proc names the bucket of a streamed request (a stream's response starts
     at once, so the per-try timeout no longer applies; a stream silent for this long is dead: its attempt is
-    reset, retried elsewhere if nothing was sent yet, else cut). requestcontrol/deadline.py picks the bucket."""
+    reset, retried elsewhere if nothing was sent yet, else cut). requestcontrol/deadline.py picks the bucket.
+    With the observer, each bucket has two routes: streams the router marked (``OBSERVE_BODY_HEADER``) keep the
+    observer's body mode, the others reach it without their body (``_observer_without_body``)."""
     found = []
     for bucket in STREAM_IDLE_BUCKETS_S:
         idle = bucket if options.per_try_idle_timeout_s is None else min(bucket, options.per_try_idle_timeout_s)
+        match = [{"name": options.cluster_header, "present_match": True},
+                 {"name": STREAM_IDLE_HEADER, "string_match": {"exact": f"{bucket:g}"}}]
+        route = {"cluster_header": options.cluster_header, "timeout": duration(options.upstream_timeout_s),
+                 "retry_policy": retry_policy(idle)}
+        if options.observer:
+            found.append({
+                "name": f"routed-by-extproc-stream-idle-{bucket:g}s-observed",
+                "match": {"prefix": "/", "headers": [*match, {"name": OBSERVE_BODY_HEADER, "present_match": True}]},
+                "route": route, "response_headers_to_add": served_by,
+            })
         found.append({
             "name": f"routed-by-extproc-stream-idle-{bucket:g}s",
-            "match": {"prefix": "/", "headers": [
-                {"name": options.cluster_header, "present_match": True},
-                {"name": STREAM_IDLE_HEADER, "string_match": {"exact": f"{bucket:g}"}}]},
-            "route": {"cluster_header": options.cluster_header, "timeout": duration(options.upstream_timeout_s),
-                      "retry_policy": retry_policy(idle)},
+            "match": {"prefix": "/", "headers": match},
+            "route": route,
             "response_headers_to_add": served_by,
+            **({"typed_per_filter_config": _observer_without_body()} if options.observer else {}),
         })
     return found
 

@@ -230,9 +230,12 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc] 
 
     # --- observer stream -----------------------------------------------------------------------------------
     def observe(self, message: pb.ProcessingRequest, stream: Stream) -> None:
+        observation = self.director.stream_observation
+        observation.messages.inc()
         kind = message.WhichOneof("request")
         if kind == "request_headers":
             director = self.director
+            observation.streams.inc()
             stream.response = director.observed(header_map(message.request_headers, director.observer_headers))
             stream.tail = TailBuffer()
         elif kind == "response_headers" and stream.tail is not None:
@@ -243,6 +246,10 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc] 
             stream.response.served_by = found.get(SERVED_BY_HEADER)
             if message.response_headers.end_of_stream:
                 self._finish(stream)
+            elif not stream.response.body_read:
+                # No body comes (a stream's route: stream_observation.py): its headers are the response's start,
+                # the end of this gRPC stream its end (Process's finally).
+                self.director.response_started(stream.response)
         elif kind == "response_body" and stream.tail is not None:
             if not stream.tail.data:
                 assert stream.response is not None

@@ -23,7 +23,10 @@ from extproc.config import (
     AGENT_ID_HEADER,
     LLM_PATHS,
     MAX_RETRIES_HEADER,
+    OBSERVE_BODY_HEADER,
+    OBSERVER_CLOSE_DELAY_S,
     ROUTE_ID_HEADER,
+    STREAM_IDLE_HEADER,
     TRACEPARENT_HEADER,
     WORKFLOW_ID_HEADER,
     Settings,
@@ -52,9 +55,10 @@ from extproc.requestcontrol.fleet import MODELS_PATH, affinity_key, check_model,
 from extproc.requestcontrol.identity import IdentityConfig, IdentityMetrics, chain_workflow, resolve
 from extproc.requestcontrol.passive_health import PassiveHealth
 from extproc.requestcontrol.priority import decayed, service, vllm_priority
+from extproc.requestcontrol.stream_observation import Estimate, StreamObservation, estimated_usage
 from extproc.requestcontrol.types import Decision, Request, Response, RoutePlan
 from extproc.scheduling.framework import Scheduler, SchedulingRequest
-from extproc.usage import extract_usage
+from extproc.usage import Usage, extract_usage
 
 log = logging.getLogger("extproc")
 
@@ -129,7 +133,8 @@ class Director:
                                        settings.identity_trace_id)
         self.identity_metrics = IdentityMetrics(metrics.registry)
         self.response_ids = ResponseIds(settings.response_id_ttl, settings.max_response_ids)
-        self.shared_response_ids = (SharedResponseIds(assignments.url, ttl=settings.response_id_ttl)
+        self.shared_response_ids = (SharedResponseIds(assignments.url, ttl=settings.response_id_ttl,
+                                                      prefix=assignments.prefix)
                                     if assignments is not None else None)
         metrics.registry.register(self.response_ids.collector(self.shared_response_ids))
         # Header names each stream reads (the handler extracts only these).
@@ -137,7 +142,10 @@ class Director:
                                          TRACEPARENT_HEADER, ":method"} | ({self.identity.session_header}
                                                                 if self.identity.session_header else set()))
         self.observer_headers = frozenset({ROUTE_ID_HEADER, settings.cluster_header, WORKFLOW_ID_HEADER,
-                                           AGENT_ID_HEADER, "x-request-id", ":path"})
+                                           AGENT_ID_HEADER, "x-request-id", ":path", STREAM_IDLE_HEADER,
+                                           OBSERVE_BODY_HEADER})
+        # Streams on the stream-idle routes reach the observer without their body unless marked (a sample).
+        self.stream_observation = StreamObservation(settings.observe_stream_bodies, metrics.registry)
 
     # --- router stream -------------------------------------------------------------------------------------
     def start(self, headers: Mapping[str, str]) -> Request:
@@ -218,11 +226,27 @@ class Director:
         if request.path == RESPONSES_PATH and routing.store and routing.raw is not None:
             body = self._stored_response(routing, body, instance, decision.workflow_id, now)
         if request.path in LLM_PATHS:  # Envoy's per-try timeout (and a stream's idle route) for this request
-            headers += self.deadlines.headers(instance, routing.max_tokens, routing.stream)  # shared: never mutated
+            deadline_headers = self.deadlines.headers(instance, routing.max_tokens, routing.stream)
+            headers += deadline_headers  # shared: never mutated
+            if len(deadline_headers) > 1:  # a stream on a stream-idle route: the observer may not read its body
+                self._observe_stream(request, route_id, routing, prompt_tokens, decision.prefill_tokens, headers)
         plan = RoutePlan(instance, tuple(headers), body, destination)
         self.identity_metrics.count(source)
         self._account(decision, metadata, request, time.perf_counter() - started)
         return plan
+
+    def _observe_stream(self, request: Request, route_id: str, routing: RoutingInput, prompt_tokens: int,
+                        prefill_tokens: float, headers: list[tuple[str, str]]) -> None:
+        """Mark the stream for the observer to read (a sample; Responses-API streams: their first event names the
+        response id) and keep the router's estimate of its usage (requestcontrol/stream_observation.py)."""
+        observation = self.stream_observation
+        if request.path == RESPONSES_PATH or observation.read_body():
+            headers.append((OBSERVE_BODY_HEADER, "1"))
+        if prompt_tokens:  # the prompt was read (prefix routing, a tokenizer): its cached share was predicted
+            estimate = Estimate(prompt_tokens, max(0, prompt_tokens - round(prefill_tokens)), routing.max_tokens)
+        else:  # routed on its metadata alone: the body's length stands in for the prompt's
+            estimate = Estimate(len(routing.raw or b"") // CHARS_PER_TOKEN, None, routing.max_tokens)
+        observation.expect(route_id, estimate)
 
     def _stored_response(self, routing: RoutingInput, body: bytes | None, instance: str, workflow_id: str | None,
                          now: float) -> bytes | None:
@@ -373,7 +397,8 @@ class Director:
             self.inflight.observe(route_id)
         return Response(route_id, headers.get(self.cluster_header) or "", headers.get(WORKFLOW_ID_HEADER),
                         headers.get(AGENT_ID_HEADER), headers.get("x-request-id", ""), started=self.clock(),
-                        path=headers.get(":path", "").partition("?")[0])
+                        path=headers.get(":path", "").partition("?")[0],
+                        body_read=STREAM_IDLE_HEADER not in headers or OBSERVE_BODY_HEADER in headers)
 
     def response_started(self, response: Response, first_chunk: bytes = b"") -> None:
         """The response's first bytes: its prompt has been computed (a streamed response's first token)."""
@@ -381,6 +406,32 @@ class Director:
             self.inflight.prefilled(response.route_id)
         if first_chunk:
             self.learn_response_id(response, first_chunk)
+
+    def _wall(self, response: Response) -> float:
+        """The response's wall duration: a stream whose body the observer did not read ended when its observer
+        stream did, which Envoy closes ``OBSERVER_CLOSE_DELAY_S`` after the HTTP stream."""
+        wall = self.clock() - response.started
+        return wall if response.body_read else max(0.0, wall - OBSERVER_CLOSE_DELAY_S)
+
+    def _stream_usage(self, response: Response, reported: Usage | None) -> Usage | None:
+        """A stream's usage: the reported one where the observer read the body (the estimate measured against
+        it), else the router's estimate (requestcontrol/stream_observation.py)."""
+        observation = self.stream_observation
+        estimate = observation.take(response.route_id)
+        if estimate is None or response.status != 200:
+            return reported
+        ttft, itl = self.deadlines.learner.wall_latencies(response.instance)
+        estimated = estimated_usage(estimate, self._wall(response), ttft, itl,
+                                    observation.cached_share(response.instance))
+        if reported is not None:
+            observation.compare(estimated, reported)
+            return reported
+        if response.body_read:
+            return None  # read, and it carried no usage (no stream_options.include_usage): nothing to report
+        observation.estimated.inc()
+        observation.estimated_prompt.inc(estimated.prompt_tokens)
+        observation.estimated_cached.inc(estimated.cached_tokens)
+        return estimated
 
     def learn_response_id(self, response: Response, chunk: bytes) -> None:
         """Record which instance holds a Responses-API response, from the chunk that carries its id: a JSON body
@@ -407,7 +458,10 @@ class Director:
             self.inflight.finish(response.route_id)
         if response.response_id is None and response.path == RESPONSES_PATH:
             self.learn_response_id(response, body_tail)  # a JSON body the first chunk did not carry whole
-        usage = extract_usage(body_tail) if response.status == 200 else None
+        reported = extract_usage(body_tail) if response.status == 200 else None
+        if reported is not None:
+            self.stream_observation.reported(response.instance, reported)
+        usage = self._stream_usage(response, reported)
         instance = response.instance
         served = response.served_by
         # In endpoint-picker mode x-served-by is an ip:port, not a cluster name: no retry signal there.
@@ -415,10 +469,11 @@ class Director:
         if instance in self.endpoints:
             self.passive_health.record(instance, response.status, retried_away)
             if response.status == 200 and not retried_away:  # the instance's wall clock, for its deadlines
-                self.deadlines.learner.served(instance, self.clock() - response.started)
+                self.deadlines.learner.served(instance, self._wall(response))
         if usage is not None:
             holder = served if served is not None and retried_away and served in self.endpoints else instance
-            self.metrics.usage(holder, usage)
+            if usage is reported:  # the backend's own figures (an estimate counts in stream_observation.py)
+                self.metrics.usage(holder, usage)
             if self.prefix_index is not None:  # the generated tokens fill the holder's KV too
                 self.prefix_index.occupy(holder, usage.completion_tokens // TOKENS_PER_BLOCK)
         if usage is not None and response.workflow_id is not None and self.priority_scheduling:

@@ -71,3 +71,4 @@ class Response:
     started: float = 0.0  # the director's clock when the request went upstream (its observed wall duration)
     path: str = ""  # the request's path (a Responses-API response's id is learned: datastore/response_ids.py)
     response_id: str | None = None  # once learned
+    body_read: bool = True  # False: a stream whose body the observer does not see (its end is the stream's end)

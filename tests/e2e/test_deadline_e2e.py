@@ -209,4 +209,6 @@ async def test_streams_on_a_frozen_instance_end_within_their_idle_bound() -> Non
         for outcome, served, chunks, after_freeze in late_results:
             assert outcome == "complete" and served != victim and chunks >= 200
             assert after_freeze <= max(DEFAULT_DEADLINE_FLOOR_S, idle_bound) + 3.0
-        assert idle_timeouts + per_try_timeouts >= len(started_results) + len(late_results)
+        # A late stream sent after the router already held the instance down went elsewhere at once.
+        retried = [r for r in late_results if r[3] >= DEFAULT_DEADLINE_FLOOR_S - 0.5]
+        assert idle_timeouts + per_try_timeouts >= len(started_results) + len(retried)
