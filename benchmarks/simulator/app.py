@@ -327,6 +327,12 @@ class SimInstance:
             raise
         self._account(state)
         use = usage(state.num_prompt_tokens, state.num_output, state.num_cached_tokens)
+        if parsed.tool_call is not None:  # the simulator's scripted tool call (responses.scripted_tool_call)
+            answer = chat_response(rid, created, model, "", "tool_calls", use)
+            answer["choices"][0]["message"] = {"role": "assistant", "content": None, "tool_calls": [{
+                "id": f"chatcmpl-tool-{rid[-8:]}", "type": "function",
+                "function": {"name": parsed.tool_call, "arguments": "{}"}}]}
+            return JSONResponse(answer)
         build = chat_response if kind == "chat" else completion_response
         return JSONResponse(build(rid, created, model, state.output_text(), state.finish_reason or "length", use))
 

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypedDict
 
 from .engine import DEFAULT_MAX_TOKENS
 from .errors import BadRequestError
+from .responses import scripted_tool_call
 from .tokenizer import apply_chat_template, encode, pieces
 
 __all__ = [
@@ -55,6 +56,7 @@ class ParsedRequest:
     include_usage: bool
     seed: int | None
     priority: int = 0  # vLLM's request field (lower runs earlier, with --scheduling-policy priority)
+    tool_call: str | None = None  # the simulator's scripted tool call (responses.scripted_tool_call)
 
 
 def _is_int(v: Any) -> bool:
@@ -183,7 +185,8 @@ def parse_chat(body: Any) -> ParsedRequest:
     stream, include_usage = _stream(b)
     max_tokens = _max_tokens(b, "max_completion_tokens", "max_tokens")
     return ParsedRequest(
-        "chat", b.get("model"), encode(text), max_tokens, stream, include_usage, _seed(b), _priority(b)
+        "chat", b.get("model"), encode(text), max_tokens, stream, include_usage, _seed(b), _priority(b),
+        scripted_tool_call(messages, b.get("tools")),
     )
 
 

@@ -13,9 +13,10 @@ Responses (``vllm/entrypoints/openai/responses/serving.py``, ``protocol.py``, ``
   messages, the previous response's output text as assistant messages, then ``input`` (a string is one user
   message) (``construct_input_messages``).
 - The response: ``ResponsesResponse.from_request`` (``id`` first, the request's ``request_id``, an extra field
-  that defaults to ``resp_<uuid>``; ``status`` ``incomplete`` with
-  ``incomplete_details.reason`` ``max_output_tokens`` when generation stopped at the token bound, which is always
-  the case here); usage ``{input_tokens, input_tokens_details: {cached_tokens}, output_tokens,
+  that defaults to ``resp_<uuid>``; ``status`` ``incomplete`` with ``incomplete_details.reason``
+  ``max_output_tokens`` when generation stopped at the token bound: here when the client set
+  ``max_output_tokens``; without one the simulated answer's default length stands for a natural stop,
+  ``completed``); usage ``{input_tokens, input_tokens_details: {cached_tokens}, output_tokens,
   output_tokens_details: {reasoning_tokens}, total_tokens}``.
 - A stream (``event: <type>\\ndata: <json>\\n\\n``): ``response.created`` and ``response.in_progress`` at once, then
   ``response.output_item.added``, ``response.content_part.added``, ``response.output_text.delta`` per engine
@@ -33,7 +34,8 @@ reason and usage) and ``message_stop``. Errors use Anthropic's shape ``{"type": 
 
 Simulator extension (not vLLM): the simulated model writes filler text and never calls tools. For tests of
 agent handoffs, a request whose last user text contains ``[sim:call <tool>]`` and that offers a function tool of
-that name gets one ``function_call`` output item (arguments ``{}``) instead of text.
+that name gets one ``function_call`` output item (arguments ``{}``) instead of text; a non-streamed chat completion
+gets the same call as ``tool_calls`` (``finish_reason`` ``tool_calls``).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from .tokenizer import apply_chat_template, encode
 if TYPE_CHECKING:
     from .app import SimInstance
 
-__all__ = ["ResponseStore", "create_message", "create_response"]
+__all__ = ["ResponseStore", "create_message", "create_response", "scripted_tool_call"]
 
 _SIM_CALL = re.compile(r"\[sim:call ([A-Za-z0-9_\-]{1,64})\]")
 
@@ -158,9 +160,12 @@ def _optional_str(body: dict[str, Any], name: str) -> str | None:
     return value
 
 
-def _tool_call(messages: list[dict[str, Any]], tools: Any) -> str | None:
-    """The simulator's scripted tool call: ``[sim:call NAME]`` in the last user message and a function tool NAME."""
-    last = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+def scripted_tool_call(messages: Any, tools: Any) -> str | None:
+    """The simulator's scripted tool call (Responses and Chat Completions): ``[sim:call NAME]`` in the last user
+    message and a function tool NAME offered (Responses ``{"name"}`` or Chat ``{"function": {"name"}}``)."""
+    if not isinstance(messages, list):
+        return None
+    last = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
     found = _SIM_CALL.search(str(last.get("content", ""))) if last is not None else None
     if found is None or not isinstance(tools, list):
         return None
@@ -265,6 +270,9 @@ async def create_response(sim: SimInstance, store: ResponseStore, request: Reque
         if _flag(body, "background", False):
             raise BadRequestError("the simulator does not run background responses", "background")
         max_tokens = _positive(body, "max_output_tokens", DEFAULT_MAX_TOKENS) or DEFAULT_MAX_TOKENS
+        # vLLM: finish_reason "length" -> status "incomplete". The simulated model stops only at its token
+        # bound; without a client bound its default length stands for a natural end of the answer ("completed").
+        bounded = body.get("max_output_tokens") is not None
     except BadRequestError as exc:
         sim.totals.rejected += 1
         return _openai_error(exc.status, exc.message, exc.type, exc.param)
@@ -293,12 +301,12 @@ async def create_response(sim: SimInstance, store: ResponseStore, request: Reque
         return _openai_error(exc.status, exc.message, exc.type, exc.param)
     if stored:
         store.messages[rid] = messages
-    tool = _tool_call(messages, body.get("tools"))
+    tool = scripted_tool_call(messages, body.get("tools"))
     created = int(time.time())
 
     def finish(state: SeqState) -> dict[str, Any]:
         sim._account(state)
-        status = "completed" if tool is not None or state.finish_reason == "stop" else "incomplete"
+        status = "incomplete" if bounded and tool is None else "completed"
         response = _response_object(rid, created, model, body, max_tokens, status, _output(state, tool),
                                     _usage(state))
         if stored:

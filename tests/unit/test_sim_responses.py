@@ -142,3 +142,20 @@ async def test_the_request_id_names_the_response() -> None:
         assert r["id"] == "resp_chosen_by_the_router"
         follow = await c.post("/v1/responses", json={"input": "y", "previous_response_id": "resp_chosen_by_the_router"})
         assert follow.status_code == 200
+
+
+async def test_scripted_tool_call_in_chat_completions() -> None:
+    async with client() as c:
+        tools = [{"type": "function", "function": {"name": "transfer_to_billing", "parameters": {"type": "object"}}}]
+        r = (await c.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "[sim:call transfer_to_billing]"}], "tools": tools})).json()
+        choice = r["choices"][0]
+        assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+        assert choice["message"]["tool_calls"][0]["function"] == {"name": "transfer_to_billing", "arguments": "{}"}
+
+
+async def test_status_is_incomplete_only_at_the_clients_token_bound() -> None:
+    async with client() as c:
+        assert (await c.post("/v1/responses", json={"input": "x"})).json()["status"] == "completed"
+        bounded = (await c.post("/v1/responses", json={"input": "x", "max_output_tokens": 3})).json()
+        assert bounded["status"] == "incomplete"
