@@ -93,6 +93,7 @@ class RequestRecord:
     prompt_tokens: int = 0  # COMPLETED: usage.prompt_tokens
     cached_tokens: int = 0  # COMPLETED: usage.prompt_tokens_details.cached_tokens
     status_code: int = 0  # COMPLETED: backend HTTP status
+    model: str = ""  # ROUTED: the request's model ("" = none named)
 
 
 @dataclass(slots=True, frozen=True)
@@ -144,6 +145,8 @@ class WorkflowStatus:
     in_flight_messages: int
     queues: dict[str, QueueStatus]
     messages: MessageCounters
+    # model -> the instance its requests in this workflow were last routed to (affinity is per workflow and model)
+    model_instances: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)

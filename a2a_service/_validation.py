@@ -15,6 +15,9 @@ from .errors import InvalidRequestError, MessageTooLargeError
 _ID_RE = re.compile(f"[{ID_CHARSET}]{{{ID_MIN_LENGTH},{ID_MAX_LENGTH}}}")
 _UNSAFE_LOG_CHARS = re.compile(f"[^/{ID_CHARSET}]")
 MAX_INSTANCE_LENGTH = 2048
+MAX_MODEL_LENGTH = 256  # a router record's model name (a served model or a LoRA adapter)
+# Models remembered per workflow in its status (model_instances); further ones are not added.
+MAX_MODELS_PER_WORKFLOW = 64
 EMPTY_PAYLOAD = b"{}"
 
 

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from a2a_service.v1 import a2a_pb2, a2a_pb2_grpc
 from extproc.metadata import WorkflowMetadata
+from extproc.requestcontrol.fleet import workflow_of
 from extproc.requestcontrol.types import Decision
 from extproc.usage import Usage
 
@@ -55,7 +56,7 @@ class A2AReporter:
         self.batch = batch
         self.interval = interval
         # (kind, request_id, workflow_id, agent_id, instance, affinity_hit, failover, latency, ts, prompt,
-        #  cached, status)
+        #  cached, status, model)
         self._pending: deque[tuple[object, ...]] = deque()
         self._limit = queue_limit
         self._task: asyncio.Task[None] | None = None
@@ -71,11 +72,16 @@ class A2AReporter:
             return
         self._pending.append(record)
 
+    def set_instance_urls(self, urls: Mapping[str, str]) -> None:
+        """The fleet changed (extproc/discovery/): report the new instances by URL too."""
+        self._urls.update(urls)
+
     def routed(self, request_id: str, decision: Decision, metadata: WorkflowMetadata | None, elapsed: float) -> None:
         agent = metadata.agent_id if metadata is not None else None
         instance = self._urls.get(decision.instance, decision.instance)
+        model = workflow_of(decision.affinity_key)[1] if decision.affinity_key is not None else None
         self._push((_ROUTED, request_id, decision.workflow_id, agent, instance, decision.affinity_hit,
-                    decision.failover, elapsed, time.time(), 0, 0, 0))
+                    decision.failover, elapsed, time.time(), 0, 0, 0, model or ""))
 
     def completed(
         self, request_id: str, workflow_id: str, agent_id: str | None, instance: str, usage: Usage | None,
@@ -83,7 +89,7 @@ class A2AReporter:
     ) -> None:
         prompt, cached = (usage.prompt_tokens, usage.cached_tokens) if usage is not None else (0, 0)
         self._push((_COMPLETED, request_id, workflow_id, agent_id, self._urls.get(instance, instance), False, False,
-                    0.0, time.time(), prompt, cached, status))
+                    0.0, time.time(), prompt, cached, status, ""))
 
     # --- background ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -117,10 +123,10 @@ class A2AReporter:
         request = a2a_pb2.RecordRequestsRequest()
         add = request.records.add
         for _ in range(count):
-            kind, rid, wid, aid, inst, hit, fail, lat, ts, prompt, cached, status = pending.popleft()
+            kind, rid, wid, aid, inst, hit, fail, lat, ts, prompt, cached, status, model = pending.popleft()
             add(kind=kind, request_id=rid, workflow_id=wid, agent_id=aid or "", instance=inst, affinity_hit=hit,
                 failover=fail, routing_latency_seconds=lat, timestamp=ts, prompt_tokens=prompt,
-                cached_tokens=cached, status_code=status)
+                cached_tokens=cached, status_code=status, model=model)
         try:
             await self._stub.RecordRequests(request, timeout=DEFAULT_RPC_TIMEOUT_S, metadata=self._metadata)
             self.sent += count

@@ -198,7 +198,9 @@ async def start(settings: Settings, reporter: Reporter | None = None) -> Running
                            dynamic=discovery is not None)
     await poller.start()
     if discovery is not None:
-        fleet = Fleet(router.endpoints, router.director, poller)
+        urls = getattr(reporter, "set_instance_urls", None)  # the A2A reporter names instances by URL
+        fleet = Fleet(router.endpoints, router.director, poller, on_change=None if urls is None else (
+            lambda backends: urls({b.cluster: b.url for b in backends if b.url})))
         fleet.backends = settings.backends
         discovery.apply = fleet.apply
         await discovery.start()

@@ -51,8 +51,8 @@ class Workflow:
     __slots__ = (
         "acked", "affinity_hits", "assigned_instance", "cache_hits", "cached_tokens", "completed_requests",
         "created_at", "delivered", "dropped", "expired", "failed_requests", "failovers", "last_updated",
-        "leased", "pending", "prompt_tokens", "queues", "redelivered", "rejected", "routing_latency_sum",
-        "sent", "total_requests", "workflow_id",
+        "leased", "model_instances", "pending", "prompt_tokens", "queues", "redelivered", "rejected",
+        "routing_latency_sum", "sent", "total_requests", "workflow_id",
     )  # fmt: skip
 
     def __init__(self, workflow_id: str, now: float) -> None:
@@ -72,6 +72,7 @@ class Workflow:
         self.cached_tokens = 0
         self.routing_latency_sum = 0.0
         self.assigned_instance: str | None = None
+        self.model_instances: dict[str, str] = {}  # model -> instance (affinity is per workflow and model)
         self.sent = self.delivered = self.acked = self.redelivered = 0
         self.expired = self.rejected = self.dropped = 0
 
@@ -93,6 +94,7 @@ class Workflow:
             cached_tokens=self.cached_tokens,
             avg_routing_latency_seconds=self.routing_latency_sum / self.total_requests if self.total_requests else 0.0,
             assigned_instance=self.assigned_instance,
+            model_instances=dict(self.model_instances),
             created_at=self.created_at,
             last_updated=self.last_updated,
             queued_messages=self.pending - self.leased,

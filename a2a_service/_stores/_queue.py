@@ -361,6 +361,9 @@ class QueueCore:
                 wf.failovers += 1
             if rec.instance:
                 wf.assigned_instance = rec.instance
+                known = wf.model_instances
+                if rec.model and (rec.model in known or len(known) < v.MAX_MODELS_PER_WORKFLOW):
+                    wf.model_instances[rec.model] = rec.instance
             wf.routing_latency_sum += rec.routing_latency_seconds
         else:
             wf.completed_requests += 1

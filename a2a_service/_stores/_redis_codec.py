@@ -94,6 +94,7 @@ def decode_status(workflow_id: str, res: Sequence[Any]) -> WorkflowStatus:
         cached_tokens=n("cached_tokens"),
         avg_routing_latency_seconds=float(h.get("latency_sum", 0.0)) / total if total else 0.0,
         assigned_instance=instance.decode() if instance is not None else None,
+        model_instances={k[len("model:"):]: value.decode() for k, value in h.items() if k.startswith("model:")},
         created_at=float(h["created_at"]),
         last_updated=float(h["last_updated"]),
         queued_messages=pending - leased,
@@ -183,10 +184,10 @@ class _Aggregate:
 
 
 def record_args(records: Sequence[RequestRecord]) -> tuple[int, list[Any]]:
-    """Validate router records and sum them per (workflow, agent), in order of first appearance (so limits
+    """Validate router records and sum them per (workflow, agent, model), in order of first appearance (so limits
     refuse the same records as in the memory store): the number of invalid records and the ``record``
     script's per-group arguments (``RECORD_FIELDS`` each)."""
-    groups: dict[tuple[str, str], _Aggregate] = {}
+    groups: dict[tuple[str, str, str], _Aggregate] = {}
     invalid = 0
     for index, rec in enumerate(records):
         try:
@@ -194,15 +195,17 @@ def record_args(records: Sequence[RequestRecord]) -> tuple[int, list[Any]]:
         except A2AError:
             invalid += 1
             continue
-        agg = groups.get((rec.workflow_id, rec.agent_id))
+        model = rec.model if rec.kind is RecordKind.ROUTED else ""
+        agg = groups.get((rec.workflow_id, rec.agent_id, model))
         if agg is None:
-            agg = groups[(rec.workflow_id, rec.agent_id)] = _Aggregate()
+            agg = groups[(rec.workflow_id, rec.agent_id, model)] = _Aggregate()
         agg.add(rec, index)
     args: list[Any] = []
-    for (workflow_id, agent_id), g in groups.items():
+    for (workflow_id, agent_id, model), g in groups.items():
         args += [
             workflow_id, agent_id, g.records, g.routed, g.affinity_hits, g.failovers, repr(g.latency),
             g.completed, g.failed, g.prompt_tokens, g.cached_tokens, g.cache_hits, g.instance_index, g.instance,
+            model,
         ]  # fmt: skip
     assert len(args) == RECORD_FIELDS * len(groups)
     return invalid, args

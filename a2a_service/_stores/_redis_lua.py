@@ -448,21 +448,24 @@ end
 return 1
 """
 
-RECORD_FIELDS = 14
+RECORD_FIELDS = 15
 # ARGV: 2 now, 3 max_workflows, 4 max_agents_per_workflow, 5 records already rejected (invalid), then one group
-# of 14 per (workflow, agent) in order of first appearance: workflow, agent ('' = none), records, routed,
+# of 15 per (workflow, agent, model) in order of first appearance: workflow, agent ('' = none), records, routed,
 # affinity_hits, failovers, routing latency sum, completed, failed, prompt_tokens, cached_tokens, cache_hits,
-# index of the last routed record naming an instance (-1 = none), that instance. Returns {accepted, rejected}.
+# index of the last routed record naming an instance (-1 = none), that instance, the model ('' = none; its
+# instance is kept in the workflow hash as field "model:<model>", at most MAX_MODELS per workflow).
+# Returns {accepted, rejected}.
 RECORD = r"""
 local now_s, max_wf, max_agents = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local accepted, rejected = 0, tonumber(ARGV[5])
-local ok_wf, last = {}, {}
+local ok_wf, last, last_model = {}, {}, {}
+local MAX_MODELS = 64  -- _validation.MAX_MODELS_PER_WORKFLOW
 local totals = {total_requests = 0, affinity_hits = 0, completed_requests = 0, cache_hits = 0,
                 prompt_tokens = 0, cached_tokens = 0}
 local function add(wk, field, value)
   if tonumber(value) ~= 0 then redis.call('HINCRBY', wk, field, value) end
 end
-for i = 6, #ARGV, 14 do
+for i = 6, #ARGV, 15 do
   local wf, agent, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local ok = ok_wf[wf]
   if ok == nil then
@@ -492,10 +495,23 @@ for i = 6, #ARGV, 14 do
     totals.cache_hits = totals.cache_hits + tonumber(ARGV[i + 11])
     local index = tonumber(ARGV[i + 12])
     if index >= 0 and ((not last[wf]) or index > last[wf][1]) then last[wf] = {index, ARGV[i + 13]} end
+    local model = ARGV[i + 14]
+    if index >= 0 and model ~= '' then
+      local key = wf .. '\n' .. model
+      if (not last_model[key]) or index > last_model[key][1] then
+        last_model[key] = {index, ARGV[i + 13], wf, 'model:' .. model}
+      end
+    end
     touch(wf, now_s)
   end
 end
 for wf, v in pairs(last) do redis.call('HSET', wkey(wf), 'assigned_instance', v[2]) end
+for _, v in pairs(last_model) do
+  local wk = wkey(v[3])
+  if redis.call('HEXISTS', wk, v[4]) == 1 or tonumber(redis.call('HGET', wk, 'models') or '0') < MAX_MODELS then
+    if redis.call('HSET', wk, v[4], v[2]) == 1 then redis.call('HINCRBY', wk, 'models', 1) end
+  end
+end
 for field, value in pairs(totals) do
   if value ~= 0 then redis.call('HINCRBY', STATS, field, int(value)) end
 end

@@ -134,6 +134,11 @@ WorkflowStatusOut = _from_dataclasses(
             str | None,
             Field(description="The instance's base URL when the router knows it (--backends name=url), else its name"),
         ),
+        "model_instances": (
+            dict[str, str],
+            Field(default_factory=dict, description="model -> the instance the workflow's requests for it were "
+                  "last routed to (affinity is per workflow and model)"),
+        ),
     },
 )
 

@@ -120,6 +120,7 @@ def status_to_pb(st: WorkflowStatus) -> pb.WorkflowStatus:
         in_flight_messages=st.in_flight_messages,
         queues={a: pb.QueueStatus(queued=q.queued, in_flight=q.in_flight) for a, q in st.queues.items()},
         messages=counters_to_pb(st.messages),
+        model_instances=st.model_instances,
     )
     if st.assigned_instance is not None:
         out.assigned_instance = st.assigned_instance
@@ -144,6 +145,7 @@ def status_from_pb(r: pb.WorkflowStatus) -> WorkflowStatus:
         cached_tokens=r.cached_tokens,
         avg_routing_latency_seconds=r.avg_routing_latency_seconds,
         assigned_instance=r.assigned_instance if r.HasField("assigned_instance") else None,
+        model_instances=dict(r.model_instances),
         created_at=r.created_at,
         last_updated=r.last_updated,
         queued_messages=r.queued_messages,
@@ -230,6 +232,7 @@ def record_to_pb(r: RequestRecord) -> pb.RequestRecord:
         prompt_tokens=r.prompt_tokens,
         cached_tokens=r.cached_tokens,
         status_code=r.status_code,
+        model=r.model,
     )
 
 
@@ -251,6 +254,7 @@ def record_from_pb(r: pb.RequestRecord) -> RequestRecord:
         prompt_tokens=r.prompt_tokens,
         cached_tokens=r.cached_tokens,
         status_code=r.status_code,
+        model=r.model,
     )
 
 

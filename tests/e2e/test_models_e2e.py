@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from a2a_service.client import A2AClient
+from benchmarks.demo import wait_for_status
 from benchmarks.simulator.config import INSTANCE_HEADER
 from benchmarks.stack import ModelSpec, Stack
 from tests.conftest import stack_options
@@ -66,6 +68,11 @@ async def test_one_workflow_keeps_one_instance_per_model(fleet: Stack) -> None:
             landed[model].add(r.headers[INSTANCE_HEADER])
     assert len(landed[BIG]) == 1 and landed[BIG] <= serving(fleet, BIG), landed
     assert len(landed[SMALL]) == 1 and landed[SMALL] <= serving(fleet, SMALL), landed
+    # The workflow status shows each model's instance (the router reports in batches: wait for them).
+    async with A2AClient(fleet.url) as a2a:
+        status = await wait_for_status(a2a, workflow_id, completed=6)
+    urls = {name: fleet.simulator_url(name) for name in fleet.simulators}
+    assert status.model_instances == {BIG: urls[landed[BIG].pop()], SMALL: urls[landed[SMALL].pop()]}
 
 
 async def test_unknown_model_is_the_gateways_404_and_a_bad_model_a_400(fleet: Stack) -> None:

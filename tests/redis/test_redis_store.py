@@ -226,6 +226,7 @@ async def test_status_and_stats_are_the_same_on_every_replica(make_store):
             prompt_tokens=100 * (i % 5) if i % 2 else 0,
             cached_tokens=50 * (i % 3) if i % 2 and i % 5 else 0,
             status_code=500 if i % 97 == 1 else 200,
+            model=("big" if i % 4 == 0 else f"small-{i % 3}") if i % 2 == 0 else "",
         )
         for i in range(1000)
     ]
@@ -237,6 +238,7 @@ async def test_status_and_stats_are_the_same_on_every_replica(make_store):
     await a.send(req(wf="wf1", source="agent0", target="agent1"))
     for wf in ("wf0", "wf1", "wf9"):
         assert await a.status(wf) == await b.status(wf)
+    assert set((await a.status("wf0")).model_instances) == {"big", "small-0", "small-1", "small-2"}
     sa, sb = await a.stats(), await b.stats()
     assert replace(sa, uptime_seconds=0.0) == replace(sb, uptime_seconds=0.0)
     # Same aggregates as the memory store computes from the same records.

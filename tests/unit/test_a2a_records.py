@@ -106,3 +106,17 @@ def test_empty_agent_id_is_allowed_and_not_an_agent():
     c = core()
     c.record([RequestRecord("wf", ROUTED, instance="i1")])
     assert c.status("wf").active_agents == 0
+
+
+def test_the_status_shows_each_models_instance():
+    # Affinity is per (workflow, model) in the router (#14): one workflow's agents on two models keep one instance
+    # per model, and the status shows both.
+    c = core()
+    c.record([routed(agent="planner", instance="http://big-1:8000", model="planner-70b"),
+              routed(agent="worker", instance="http://small-2:8000", model="worker-8b"),
+              routed(agent="worker", instance="http://small-2:8000", model="worker-8b", hit=True),
+              routed(agent="other", instance="http://big-1:8000")])  # no model named: not listed
+    st = c.status("wf")
+    assert st.model_instances == {"planner-70b": "http://big-1:8000", "worker-8b": "http://small-2:8000"}
+    assert st.assigned_instance == "http://big-1:8000"  # still the latest decision
+    assert c.record([routed(model="x" * 257)]).rejected == 1  # bounded like the other fields
