@@ -28,7 +28,7 @@ import httpx
 
 from benchmarks.simulator.__main__ import main as simulator_main
 from benchmarks.simulator.config import LISTENING_MARKER
-from benchmarks.stack import Process, free_port, spawn, wait_for_line
+from benchmarks.stack import DEFAULT_MODEL, DEFAULT_MODEL_ALIAS, Process, free_port, spawn, wait_for_line
 
 VLLM_ROUTER_VERSION = "0.1.17"
 
@@ -46,8 +46,9 @@ def start_fleet(instances: int, sim_args: Sequence[str], run_dir: Path) -> dict[
     try:
         for index in range(1, instances + 1):
             name = f"vllm-{index}"
+            # The stack's default served names (the model and its alias "m"), unless sim_args name others.
             argv = [sys.executable, "-m", "benchmarks.peers", "--host", "127.0.0.1", "--port", "0", "--name", name,
-                    *sim_args]
+                    "--served-model-name", DEFAULT_MODEL, DEFAULT_MODEL_ALIAS, *sim_args]
             process = spawn(name, argv, run_dir)
             fleet[name] = process
             process.ports["http"] = int(wait_for_line(process, rf"{LISTENING_MARKER} port=(\d+)").group(1))
