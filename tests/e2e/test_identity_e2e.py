@@ -95,7 +95,8 @@ async def test_responses_chains_stay_on_the_instance_holding_their_previous_resp
     assert not not_found and statuses == {200: CONVERSATIONS * TURNS}, (statuses, not_found[:3])
     homes = [set(instances) for instances, _ in results]
     assert all(len(home) == 1 for home in homes), homes
-    assert len({next(iter(home)) for home in homes}) >= 2  # conversations spread over the fleet
+    # Where first turns go is the scheduler's choice (they share the instructions' prefix): not asserted.
+    print("instances of the conversations:", Counter(next(iter(home)) for home in homes))
     for _, cached in results:
         assert all(c > 0 for c in cached[1:]), cached  # each follow-up reuses its chain's cached prefix
     pinned = sample(metrics, 'extproc_previous_response_lookups_total{outcome="pinned"}')
@@ -126,7 +127,7 @@ async def test_prompt_cache_key_keeps_each_conversation_on_one_instance(fleet: S
 
     homes = [set(instances) for instances, _ in results]
     assert all(len(home) == 1 for home in homes), homes
-    assert len({next(iter(home)) for home in homes}) >= 2
+    print("instances of the keys:", Counter(next(iter(home)) for home in homes))
     for _, cached in results:
         assert all(c > 0 for c in cached[1:]), cached
     assert sample(metrics, 'extproc_identity_source_total{source="prompt_cache_key"}') >= CONVERSATIONS * TURNS
@@ -189,3 +190,32 @@ async def test_a_follow_up_whose_instance_is_down_gets_a_clear_error(fleet: Stac
             assert holder in error["message"] and "full input" in error["message"]
         finally:
             fleet.restart_simulator(holder)
+
+
+async def test_chains_across_two_router_replicas_sharing_redis() -> None:
+    """Two ext_proc replicas behind one Envoy: a follow-up often reaches the replica that did not route its
+    previous turn, which finds the response's instance in Redis (--store redis://)."""
+    with Stack(stack_options(instances=4, with_a2a=False, extproc_replicas=2, redis="private")) as stack:
+        run = uuid.uuid4().hex[:6]
+
+        async def conversation(client: httpx.AsyncClient, index: int) -> list[str]:
+            previous, instances = None, []
+            for turn in range(TURNS):
+                body: dict[str, Any] = {"model": "m", "instructions": INSTRUCTIONS, "max_output_tokens": 4,
+                                        "input": f"[{run}] replica chain {index} turn {turn}"}
+                if previous is not None:
+                    body["previous_response_id"] = previous
+                response = await client.post(f"{stack.url}/v1/responses", json=body)
+                assert response.status_code == 200, response.text[:300]
+                previous = response.json()["id"]
+                instances.append(served_by(response))
+            return instances
+
+        async with httpx.AsyncClient(timeout=60) as client:
+            results = await asyncio.gather(*(conversation(client, i) for i in range(10)))
+            shared_hits = 0.0
+            for process in stack.extprocs:
+                text = (await client.get(f"http://127.0.0.1:{process.ports['metrics']}/metrics")).text
+                shared_hits += sample(text, "extproc_response_ids_shared_hits_total")
+        assert all(len(set(instances)) == 1 for instances in results), results
+        assert shared_hits > 0  # some follow-ups were pinned from the other replica's record
