@@ -14,7 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import disable_created_metrics, start_http_server
 
-from extproc.config import Settings
+from extproc.config import Settings, destination_endpoints
 from extproc.datastore.endpoints import Endpoints
 from extproc.datastore.inflight import InFlight
 from extproc.datastore.poller import BackendPoller
@@ -97,16 +97,21 @@ class Running:
 async def _discovery(settings: Settings) -> tuple[Settings, EndpointsFile | KubernetesPods | None]:
     """The fleet source (extproc/discovery/) and the settings with its initial fleet as the backends."""
     source: EndpointsFile | KubernetesPods
-    if settings.endpoints_file is not None:
-        source = EndpointsFile(settings.endpoints_file, lambda _: None, settings.endpoints_file_interval)
-        initial = source.initial()
-    elif settings.k8s_label_selector is not None:
-        source = KubernetesPods(KubernetesSource(
-            settings.k8s_namespace, settings.k8s_label_selector, settings.k8s_port, settings.k8s_api_url,
-            settings.k8s_token_file, settings.k8s_ca_file), lambda _: None)
-        initial = await source.initial()
-    else:
-        return settings, None
+    try:
+        if settings.endpoints_file is not None:
+            source = EndpointsFile(settings.endpoints_file, lambda _: None, settings.endpoints_file_interval)
+            initial = source.initial()
+        elif settings.k8s_label_selector is not None:
+            source = KubernetesPods(KubernetesSource(
+                settings.k8s_namespace, settings.k8s_label_selector, settings.k8s_port, settings.k8s_api_url,
+                settings.k8s_token_file, settings.k8s_ca_file), lambda _: None)
+            initial = await source.initial()
+        else:
+            return settings, None
+        destination_endpoints(initial)  # every instance needs an ip:port for ORIGINAL_DST
+    except (ValueError, OSError) as error:  # the start fails with the problem named, not a traceback
+        print(f"workflow-extproc: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     return dataclasses.replace(settings, backends=initial), source
 
 
@@ -218,7 +223,7 @@ async def serve(settings: Settings) -> None:
     log.info(
         "ext_proc server listening",
         extra={"grpc_port": running.grpc_port, "metrics_port": running.metrics_port,
-               "backends": [b.cluster for b in settings.backends]},
+               "backends": list(running.router.endpoints.instances)},
     )
     # Parent processes (the stack launcher, tests) read the bound ports from this line.
     print(f"EXTPROC_LISTENING grpc={running.grpc_port} metrics={running.metrics_port}", flush=True)

@@ -111,12 +111,12 @@ class EndpointsFile:
             if text.startswith("\0"):
                 raise ValueError(text[1:])
             backends = parse_endpoints(text)
+            self.apply(backends)  # ValueError too: e.g. a host name where ORIGINAL_DST needs an IP
         except ValueError as error:
             self.errors += 1
             log.error("endpoints file rejected: keeping the last good fleet",
                       extra={"path": str(self.path), "error": str(error)})
             return False
-        self.apply(backends)
         return True
 
     async def start(self) -> None:

@@ -93,3 +93,18 @@ def test_a_dynamic_fleet_needs_endpoint_mode() -> None:
     with pytest.raises(ValueError, match="choose one"):
         Settings(endpoints_file="x.yaml", k8s_label_selector="app=vllm", destination_mode="endpoint").validate()
     Settings(endpoints_file="x.yaml", destination_mode="endpoint").validate()  # --backends not checked then
+
+
+def test_a_host_name_is_rejected_in_endpoint_mode(tmp_path: Path) -> None:
+    # ORIGINAL_DST connects to an ip:port and resolves no names: such a file is a bad file (fleet kept).
+    first = (Backend("a", "http://10.0.0.1:8000"),)
+    router = build_router(Settings(backends=first, destination_mode="endpoint"), NullReporter())
+    fleet = Fleet(router.endpoints, router.director)
+    fleet.backends = first
+    path = tmp_path / "endpoints.yaml"
+    path.write_text("endpoints: [{name: a, url: 'http://10.0.0.1:8000'}]")
+    watcher = EndpointsFile(path, fleet.apply)
+    watcher.initial()
+    path.write_text("endpoints: [{name: b, url: 'http://vllm-b.svc:8000'}]")
+    assert not watcher.check() and watcher.errors == 1
+    assert router.endpoints.instances == ("a",)
