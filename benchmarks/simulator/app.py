@@ -292,7 +292,7 @@ class SimInstance:
         assert self.lora is not None
         await self.lora.acquire(adapter)  # waits for a slot and loads the adapter when it is not in one
         try:
-            response = await self._run(driver, parsed, rid, kind)
+            response = await self._run(driver, parsed, rid, kind, adapter)
         except BaseException:
             await self.lora.release(adapter)
             raise
@@ -302,10 +302,11 @@ class SimInstance:
             await self.lora.release(adapter)
         return response
 
-    async def _run(self, driver: AsyncEngine, parsed: ParsedRequest, rid: str, kind: str) -> Response:
+    async def _run(self, driver: AsyncEngine, parsed: ParsedRequest, rid: str, kind: str,
+                   adapter: str | None = None) -> Response:
         try:
             handle = driver.submit(
-                EngineRequest(rid, parsed.prompt_token_ids, parsed.max_tokens, parsed.seed, parsed.priority)
+                EngineRequest(rid, parsed.prompt_token_ids, parsed.max_tokens, parsed.seed, parsed.priority, adapter)
             )
         except SimulatorError as exc:
             self.totals.rejected += 1

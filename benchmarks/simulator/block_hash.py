@@ -42,8 +42,11 @@ _U64 = (1 << 64) - 1
 
 
 class BlockHasher(Protocol):
-    def __call__(self, tokens: Sequence[int], block_size: int, limit: int | None = None) -> list[bytes]:
-        """Chained hashes of the full blocks of ``tokens`` (at most ``limit`` blocks)."""
+    def __call__(self, tokens: Sequence[int], block_size: int, limit: int | None = None,
+                 extra_keys: tuple[str, ...] | None = None) -> list[bytes]:
+        """Chained hashes of the full blocks of ``tokens`` (at most ``limit`` blocks). ``extra_keys``: vLLM's
+        per-block extra keys, here a LoRA adapter's name (``_gen_lora_extra_hash_keys`` in
+        vllm/v1/core/kv_cache_utils.py): an adapter's blocks never match another adapter's or the base model's."""
         ...
 
 
@@ -52,10 +55,13 @@ def _num_blocks(tokens: Sequence[int], block_size: int, limit: int | None) -> in
     return n if limit is None else min(n, limit)
 
 
-def blake2b_block_hashes(tokens: Sequence[int], block_size: int, limit: int | None = None) -> list[bytes]:
-    """The simulator's hash. Token ids must fit in 32 unsigned bits (the HTTP layer validates client ids)."""
+def blake2b_block_hashes(tokens: Sequence[int], block_size: int, limit: int | None = None,
+                         extra_keys: tuple[str, ...] | None = None) -> list[bytes]:
+    """The simulator's hash. Token ids must fit in 32 unsigned bits (the HTTP layer validates client ids).
+    Extra keys seed the chain's root (every block of the chain depends on them)."""
     out: list[bytes] = []
-    parent = _ROOT_HASH
+    parent = _ROOT_HASH if not extra_keys else hashlib.blake2b(
+        "\x00".join(extra_keys).encode(), digest_size=16, person=b"extra-keys").digest()
     for b in range(_num_blocks(tokens, block_size, limit)):
         chunk = array("I", tokens[b * block_size : (b + 1) * block_size]).tobytes()
         parent = hashlib.blake2b(parent + chunk, digest_size=16).digest()
@@ -81,12 +87,14 @@ class Sha256CborHasher:
 
         return hashlib.sha256(cbor2.dumps(obj, canonical=True)).digest()
 
-    def __call__(self, tokens: Sequence[int], block_size: int, limit: int | None = None) -> list[bytes]:
+    def __call__(self, tokens: Sequence[int], block_size: int, limit: int | None = None,
+                 extra_keys: tuple[str, ...] | None = None) -> list[bytes]:
         out: list[bytes] = []
         parent = self.none_hash
         for b in range(_num_blocks(tokens, block_size, limit)):
             block = tuple(int(t) for t in tokens[b * block_size : (b + 1) * block_size])
-            parent = self.sha256_cbor((parent, block, None))
+            # vLLM's hash_block_tokens: (parent, token ids, extra keys or None) for every block.
+            parent = self.sha256_cbor((parent, block, extra_keys or None))
             out.append(parent)
         return out
 

@@ -77,6 +77,8 @@ class EngineRequest:
     seed: int | None = None
     # vLLM's per-request priority: lower runs earlier; only with the "priority" scheduling policy.
     priority: int = 0
+    # The LoRA adapter the request runs with (None: the base model): part of every block's hash, as in vLLM.
+    lora_name: str | None = None
 
 
 class SeqStatus(enum.Enum):
@@ -310,7 +312,7 @@ class Engine:
             request_id=request.request_id,
             prompt=prompt,
             tokens=tokens,
-            hashes=self.kv.hash_blocks(tokens),
+            hashes=self.kv.hash_blocks(tokens, extra_keys=(request.lora_name,) if request.lora_name else None),
             output_ids=output_ids,
             output_pieces=output_pieces,
             max_tokens=request.max_tokens,

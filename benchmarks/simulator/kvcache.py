@@ -119,8 +119,12 @@ class KVCache:
         self._used = 0
 
     # --- queries --------------------------------------------------------------------------------------------
-    def hash_blocks(self, tokens: Sequence[int], limit: int | None = None) -> list[bytes]:
-        """Chained hashes of the full blocks of ``tokens`` with this cache's hash function."""
+    def hash_blocks(self, tokens: Sequence[int], limit: int | None = None,
+                    extra_keys: tuple[str, ...] | None = None) -> list[bytes]:
+        """Chained hashes of the full blocks of ``tokens`` with this cache's hash function (``extra_keys``: a LoRA
+        adapter's name, which vLLM puts in every block's hash)."""
+        if extra_keys:
+            return self.hasher(tokens, self.block_size, limit, extra_keys)
         return self.hasher(tokens, self.block_size, limit)
 
     def take_events(self) -> list[CacheEvent]:

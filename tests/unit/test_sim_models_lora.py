@@ -111,3 +111,31 @@ async def test_slots_load_evict_and_wait() -> None:
 def _exposition(slots: LoRASlots) -> str:
     return "\n".join(f'vllm:lora_requests_info{{max_lora="{m}",running_lora_adapters="{r}",'
                      f'waiting_lora_adapters="{w}"}} {stamp}' for m, w, r, stamp in slots.info())
+
+
+async def test_an_adapters_prefix_cache_is_its_own() -> None:
+    # vLLM puts the adapter's name in every block hash (vllm/v1/core/kv_cache_utils.py _gen_lora_extra_hash_keys):
+    # a prompt cached for the base model is not a hit for an adapter, and the other way round.
+    prompt = "a shared system prompt for every agent of the team. " * 30
+    async with client(served_model_names=("small",), lora_modules=(LoRAModule("sql", "/a/sql"),)) as c:
+        async def cached(model: str) -> int:
+            r = await c.post("/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 1})
+            assert r.status_code == 200, r.text
+            return int(r.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
+
+        assert await cached("small") == 0
+        assert await cached("small") > 0
+        assert await cached("sql") == 0  # the base model's blocks do not match
+        assert await cached("sql") > 0
+
+
+def test_sha256_cbor_extra_keys_as_vllm() -> None:
+    from benchmarks.simulator.block_hash import Sha256CborHasher
+
+    hasher = Sha256CborHasher(none_hash=b"\x01" * 32)
+    tokens = list(range(32))
+    base, adapter = hasher(tokens, 16), hasher(tokens, 16, extra_keys=("sql",))
+    # hash_block_tokens(parent, token ids, extra_keys): the tuple's third element is the extra keys, None without.
+    assert base[0] == Sha256CborHasher.sha256_cbor((b"\x01" * 32, tuple(range(16)), None))
+    assert adapter[0] == Sha256CborHasher.sha256_cbor((b"\x01" * 32, tuple(range(16)), ("sql",)))
+    assert adapter[1] == Sha256CborHasher.sha256_cbor((adapter[0], tuple(range(16, 32)), ("sql",)))
