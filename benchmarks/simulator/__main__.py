@@ -110,7 +110,10 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--lora-modules", nargs="+", default=env.get(_env_name("--lora-modules"), "").split(),
                    help="LoRA adapters, vLLM's forms: name=path or '{\"name\": ..., \"path\": ..., "
                    f"\"base_model_name\": ...}}' [env {_env_name('--lora-modules')}]")
-    p.add_argument("--enable-lora", action="store_true", help="accepted for vLLM parity (adapters imply it)")
+    p.add_argument("--enable-lora", action="store_true",
+                   help="serve LoRA adapters (implied by --lora-modules); with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True "
+                   "adapters can be loaded and unloaded at run time (POST /v1/load_lora_adapter, "
+                   "/v1/unload_lora_adapter)")
     add("--max-loras", int, DEFAULT_MAX_LORAS, "adapters one batch can hold (GPU slots; vLLM's default 1)")
     add("--lora-load-time", float, DEFAULT_LORA_LOAD_S,
         "simulated seconds to load an adapter that is not in a slot")
@@ -156,6 +159,8 @@ def build_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         lora_modules=parse_lora_modules(args.lora_modules),
         max_loras=int(args.max_loras),
         lora_load_s=float(args.lora_load_time),
+        enable_lora=bool(args.enable_lora or args.lora_modules),
+        runtime_lora_updating=env.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").strip().lower() in ("1", "true"),
     ).validate()
 
 

@@ -34,7 +34,7 @@ from .config import INSTANCE_HEADER, SimConfig
 from .driver import AsyncEngine, RequestHandle, StepObserver
 from .engine import Engine, EngineRequest, SeqState
 from .errors import BadRequestError, SimulatorError
-from .lora import LoRASlots, ModelNotFoundError
+from .lora import AdapterNotFoundError, LoRAModule, LoRASlots, ModelNotFoundError
 from .metrics import CONTENT_TYPE, SimMetrics
 from .protocol import (
     ParsedRequest,
@@ -137,8 +137,8 @@ class SimInstance:
             record_kv_events=kv_events is not None,
         )
         self.lora = (LoRASlots(config.max_loras, config.lora_load_s, config.time_scale)
-                     if config.lora_modules else None)
-        self._adapters = frozenset(m.name for m in config.lora_modules)
+                     if config.lora_modules or config.enable_lora else None)
+        self.adapters: dict[str, LoRAModule] = {m.name: m for m in config.lora_modules}  # served now
         self.metrics = SimMetrics(self.engine, config.model_name, self.lora)
         self._kv_events_config = kv_events
         self.kv_events: KVEventsPublisher | None = None
@@ -234,9 +234,31 @@ class SimInstance:
         server does not serve (only with explicit served names or adapters: benchmarks/simulator/lora.py)."""
         if model is None or not self.config.strict_models or model in self.config.base_model_names:
             return None
-        if model in self._adapters:
+        if model in self.adapters:
             return model
         raise ModelNotFoundError(model)
+
+    def load_adapter(self, body: Any) -> str:
+        """vLLM's runtime load (vllm/entrypoints/openai/models/serving.py ``load_lora_adapter``); raises
+        SimulatorError with vLLM's status and message."""
+        name, path = (body.get("lora_name"), body.get("lora_path")) if isinstance(body, dict) else (None, None)
+        if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+            raise BadRequestError("Both 'lora_name' and 'lora_path' must be provided.", None)
+        if name in self.adapters and body.get("load_inplace") is not True:
+            raise BadRequestError(f"The lora adapter '{name}' has already been loaded. If you want to load the "
+                                  "adapter in place, set 'load_inplace' to True.", None)
+        if name in self.config.base_model_names:
+            raise BadRequestError(f"'{name}' is a served model name", "lora_name")
+        self.adapters[name] = LoRAModule(name, path)
+        return f"Success: LoRA adapter '{name}' added successfully."
+
+    def unload_adapter(self, body: Any) -> str:
+        name = body.get("lora_name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            raise BadRequestError("'lora_name' needs to be provided to unload a LoRA adapter.", None)
+        if self.adapters.pop(name, None) is None:
+            raise AdapterNotFoundError(name)
+        return f"Success: LoRA adapter '{name}' removed successfully."
 
     def model_cards(self) -> list[dict[str, Any]]:
         """``/v1/models`` as vLLM lists it (vllm/entrypoints/openai/models/serving.py): each served name, then
@@ -246,7 +268,7 @@ class SimInstance:
         cards = [{"id": name, **card, "root": self.config.profile.model, "parent": None,
                   "max_model_len": self.engine.max_model_len} for name in self.config.base_model_names]
         cards += [{"id": m.name, **card, "root": m.path, "parent": m.base_model_name or self.config.model_name,
-                   "max_model_len": None} for m in self.config.lora_modules]
+                   "max_model_len": None} for m in self.adapters.values()]
         return cards
 
     # --- inference ----------------------------------------------------------------------------------------
@@ -501,6 +523,21 @@ def create_app(config: SimConfig, *, rng: random.Random | None = None) -> Starle
         Route("/sim/reset", sim_reset, methods=["POST"]),
         Route("/sim/faults", sim_faults, methods=["GET", "POST"]),
     ]
+    if config.runtime_lora_updating and sim.lora is not None:  # vLLM registers them only then
+
+        async def lora_update(request: Request) -> Response:
+            try:
+                body = orjson.loads(await request.body() or b"{}")
+            except orjson.JSONDecodeError as exc:
+                return _error(400, f"invalid JSON body: {exc}")
+            update = sim.load_adapter if request.url.path.endswith("/load_lora_adapter") else sim.unload_adapter
+            try:
+                return Response(update(body), status_code=200)
+            except SimulatorError as exc:
+                return _sim_error(exc)
+
+        routes += [Route("/v1/load_lora_adapter", lora_update, methods=["POST"]),
+                   Route("/v1/unload_lora_adapter", lora_update, methods=["POST"])]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

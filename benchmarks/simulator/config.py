@@ -70,6 +70,9 @@ class SimConfig:
     lora_modules: tuple[LoRAModule, ...] = ()  # --lora-modules
     max_loras: int = DEFAULT_MAX_LORAS  # --max-loras: adapter slots of one batch
     lora_load_s: float = DEFAULT_LORA_LOAD_S  # simulated seconds to load an adapter into a slot
+    enable_lora: bool = False  # --enable-lora (implied by --lora-modules)
+    # VLLM_ALLOW_RUNTIME_LORA_UPDATING: POST /v1/load_lora_adapter and /v1/unload_lora_adapter exist
+    runtime_lora_updating: bool = False
 
     @property
     def model_name(self) -> str:
@@ -84,7 +87,7 @@ class SimConfig:
     @property
     def strict_models(self) -> bool:
         """Whether an unknown ``model`` is refused (404) as vLLM does."""
-        return bool(self.served_model_names or self.lora_modules)
+        return bool(self.served_model_names or self.lora_modules or self.enable_lora)
 
     def validate(self) -> SimConfig:
         self.profile.validate()

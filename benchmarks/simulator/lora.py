@@ -31,13 +31,23 @@ from dataclasses import dataclass
 
 from .errors import SimulatorError
 
-__all__ = ["DEFAULT_LORA_LOAD_S", "DEFAULT_MAX_LORAS", "LoRAModule", "LoRASlots", "ModelNotFoundError",
-           "parse_lora_modules"]
+__all__ = ["DEFAULT_LORA_LOAD_S", "DEFAULT_MAX_LORAS", "AdapterNotFoundError", "LoRAModule", "LoRASlots",
+           "ModelNotFoundError", "parse_lora_modules"]
 
 DEFAULT_MAX_LORAS = 1  # vLLM's --max-loras default (vllm/config/lora.py)
 # Reading an adapter's weights and copying them into a GPU slot: tens to hundreds of milliseconds for rank-16
 # adapters of an 8B model; configurable (--lora-load-time), simulated seconds.
 DEFAULT_LORA_LOAD_S = 0.2
+
+
+class AdapterNotFoundError(SimulatorError):
+    """vLLM's answer to unloading an adapter it does not serve: HTTP 404, type NotFoundError."""
+
+    status = 404
+    type = "NotFoundError"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The lora adapter '{name}' cannot be found.", None)
 
 
 class ModelNotFoundError(SimulatorError):

@@ -139,3 +139,25 @@ def test_sha256_cbor_extra_keys_as_vllm() -> None:
     assert base[0] == Sha256CborHasher.sha256_cbor((b"\x01" * 32, tuple(range(16)), None))
     assert adapter[0] == Sha256CborHasher.sha256_cbor((b"\x01" * 32, tuple(range(16)), ("sql",)))
     assert adapter[1] == Sha256CborHasher.sha256_cbor((adapter[0], tuple(range(16, 32)), ("sql",)))
+
+
+async def test_runtime_lora_updating_as_vllm() -> None:
+    # VLLM_ALLOW_RUNTIME_LORA_UPDATING=True: /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's messages,
+    # vllm/entrypoints/openai/models/serving.py); /v1/models and the 404 follow. Without it the routes do not exist.
+    ask = {"model": "sql", "prompt": "q", "max_tokens": 1}
+    async with client(served_model_names=("small",), enable_lora=True, runtime_lora_updating=True) as c:
+        assert (await c.post("/v1/completions", json=ask)).status_code == 404
+        loaded = await c.post("/v1/load_lora_adapter", json={"lora_name": "sql", "lora_path": "/a/sql"})
+        assert loaded.status_code == 200 and loaded.text == "Success: LoRA adapter 'sql' added successfully."
+        again = await c.post("/v1/load_lora_adapter", json={"lora_name": "sql", "lora_path": "/a/sql"})
+        assert again.status_code == 400 and "already been loaded" in again.json()["error"]["message"]
+        cards = {card["id"]: card for card in (await c.get("/v1/models")).json()["data"]}
+        assert cards["sql"]["parent"] == "small" and cards["sql"]["root"] == "/a/sql"
+        assert (await c.post("/v1/completions", json=ask)).status_code == 200
+        unloaded = await c.post("/v1/unload_lora_adapter", json={"lora_name": "sql"})
+        assert unloaded.status_code == 200 and unloaded.text == "Success: LoRA adapter 'sql' removed successfully."
+        gone = await c.post("/v1/unload_lora_adapter", json={"lora_name": "sql"})
+        assert gone.status_code == 404 and gone.json()["error"]["message"] == "The lora adapter 'sql' cannot be found."
+        assert "sql" not in {card["id"] for card in (await c.get("/v1/models")).json()["data"]}
+    async with client(served_model_names=("small",), enable_lora=True) as c:
+        assert (await c.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/x"})).status_code == 404
