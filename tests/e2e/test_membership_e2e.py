@@ -104,6 +104,16 @@ async def test_instances_join_and_leave_under_load_without_failures(fleet: tuple
         added_at = write_fleet(path, stack, ["vllm-1", "vllm-2", "vllm-3"])
         await wait_until(lambda: load.first_on("vllm-3", added_at) is not None)
         used_after = (load.first_on("vllm-3", added_at) or 0.0) - added_at
+        # A workflow that lives on vllm-1 (new workflows go to the least-loaded instance: try a few).
+        homed = None
+        for attempt in range(60):
+            workflow_id = f"homed-{attempt}-{uuid.uuid4().hex[:6]}"
+            r = await client.post(f"{stack.url}/v1/completions", json={
+                "model": "m", "prompt": f"context of {workflow_id}", "max_tokens": 2,
+                "workflow_metadata": {"workflow_id": workflow_id}})
+            if r.headers.get(INSTANCE_HEADER) == "vllm-1":
+                homed = workflow_id
+                break
         # Leave: vllm-1 is removed from the file while the load runs; it keeps running (its requests in flight
         # finish there), then it is stopped once nothing is sent to it any more.
         await asyncio.sleep(1.0)
@@ -111,6 +121,11 @@ async def test_instances_join_and_leave_under_load_without_failures(fleet: tuple
         await wait_until(lambda: time.monotonic() - max(removed_at, load.last_on("vllm-1") or 0.0) > 2.0)
         dropped_after = max(0.0, (load.last_on("vllm-1") or removed_at) - removed_at)
         stack.simulators["vllm-1"].stop()
+        moved = None
+        if homed is not None:  # its next request moves to a remaining instance and succeeds
+            moved = await client.post(f"{stack.url}/v1/completions", json={
+                "model": "m", "prompt": f"context of {homed} next", "max_tokens": 2,
+                "workflow_metadata": {"workflow_id": homed}})
         await asyncio.sleep(1.0)  # the load goes on without it
         load.stop.set()
         await asyncio.gather(*workers)
@@ -119,6 +134,8 @@ async def test_instances_join_and_leave_under_load_without_failures(fleet: tuple
           f"{used_after:.2f} s after it was added; vllm-1 last sent a request {dropped_after:.2f} s after it was "
           f"removed; per instance {counts}")
     assert load.failures == []
+    assert homed is not None, "no workflow landed on vllm-1 in 60 tries"
+    assert moved is not None and moved.status_code == 200 and moved.headers[INSTANCE_HEADER] in ("vllm-2", "vllm-3")
     assert counts["vllm-3"] > 0 and counts["vllm-1"] > 0  # both happened; how fast is printed, not asserted
 
 
