@@ -3,8 +3,9 @@
 ``/v1/completions`` with ``"stream": true`` answers ``max_tokens`` completion chunks, one SSE event each as its own
 HTTP/1.1 chunk (vLLM's ``serving_completion.py`` shape: ``data: {"id", "object": "text_completion", "choices":
 [{"index", "text", "finish_reason"}]}``), the usage chunk when ``stream_options.include_usage`` is set, then
-``data: [DONE]``. Between two events it yields to the event loop, so with several streams in flight their events
-interleave and reach the gateway as separate reads, as a real engine's tokens (inter-token gaps) do. Anything
+``data: [DONE]``. Between two events it waits ``--itl-ms`` (an engine's inter-token latency), so each event
+reaches the gateway as a read of its own, as a real engine's tokens do (without the gap Envoy reads many
+events at once and a body observer sees a handful of chunks, not one per token). Anything
 else gets one fixed completion JSON. HTTP/1.1 keep-alive on a raw asyncio protocol: the gateway, not this
 backend, should be what a benchmark measures.
 
@@ -50,6 +51,9 @@ def sse_events(max_tokens: int, prompt_tokens: int, include_usage: bool) -> list
     return [_chunk(e) for e in events]
 
 
+ITL_S = 0.001
+
+
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
         while True:
@@ -72,7 +76,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             for event in events:
                 writer.write(event)
                 await writer.drain()
-                await asyncio.sleep(0)
+                await asyncio.sleep(ITL_S)
             writer.write(b"0\r\n\r\n")
             await writer.drain()
     writer.close()
@@ -88,10 +92,13 @@ async def serve(port: int, port_file: Path | None) -> None:
 
 
 def main() -> None:
+    global ITL_S
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file", type=Path, default=None)
+    parser.add_argument("--itl-ms", type=float, default=ITL_S * 1e3, help="milliseconds between two events")
     ns = parser.parse_args()
+    ITL_S = ns.itl_ms / 1e3
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(ns.port, ns.port_file))
 

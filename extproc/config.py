@@ -50,7 +50,7 @@ STREAM_IDLE_BUCKETS_S = (2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 # header: a sample (their usage is exact and measures the estimate of the others) and Responses-API streams
 # (their first event names the response id). docs/observability.md, "Streamed responses".
 OBSERVE_BODY_HEADER = "x-router-observe-body"
-DEFAULT_OBSERVE_STREAM_BODIES = 0.0625  # one stream in 16
+DEFAULT_OBSERVE_STREAM_BODIES = 0.01  # one stream in 100 (benchmarks/gateway_overhead.py --streams)
 # Envoy closes an observer stream (observability mode) this long after its HTTP stream ended (the filter's
 # deferred_close_timeout; Envoy's default is 5 s). Messages not yet delivered by then are lost, so it leaves the
 # last body chunk of a response time to arrive; it is also how late the end of an unread stream is seen.

@@ -15,7 +15,7 @@ end of its gRPC stream, which is the end of the response. What the body carried 
   completion tokens from the response's wall time and the instance's learned TTFT and inter-token latency,
   capped at ``max_tokens``.
 
-A share of streams (``--observe-stream-bodies``, default one in 16) is read in full: their usage is exact, and
+A share of streams (``--observe-stream-bodies``, default one in 100) is read in full: their usage is exact, and
 each is also estimated, so ``extproc_usage_estimate_error`` measures the estimate against the real usage.
 Where estimates go: the A2A workflow status (its token counts then include estimates; ``--observe-stream-bodies
 1`` makes them exact again), the prefix index's occupancy, least-attained-service priorities, and their own
