@@ -51,7 +51,7 @@ from extproc.metrics import Metrics
 from extproc.reporting import Reporter
 from extproc.requestcontrol.consensus import Consensus
 from extproc.requestcontrol.deadline import Deadlines
-from extproc.requestcontrol.fleet import MODELS_PATH, affinity_key, check_model, models_answer
+from extproc.requestcontrol.fleet import MODELS_PATH, adapter_blocks, affinity_key, check_model, models_answer
 from extproc.requestcontrol.identity import IdentityConfig, IdentityMetrics, chain_workflow, resolve
 from extproc.requestcontrol.passive_health import PassiveHealth
 from extproc.requestcontrol.priority import decayed, service, vllm_priority
@@ -196,6 +196,8 @@ class Director:
                                    chain, request.session, request.traceparent)
         prompt = routing.prompt_text
         blocks = block_hashes(prompt) if self.prefix_routing and prompt else ()
+        if blocks and routing.model is not None:  # an adapter's cache is its own (vLLM hashes its name in)
+            blocks = adapter_blocks(self.endpoints, routing.model, blocks)
         cached = (await self.kv_index.cached_fractions(prompt, routing.messages)
                   if self.kv_index is not None and prompt else None)
         prompt_tokens = len(prompt) // CHARS_PER_TOKEN

@@ -9,6 +9,8 @@ when every candidate's list is known and none lists it.
 from __future__ import annotations
 
 import time
+import zlib
+from collections.abc import Sequence
 
 import orjson
 
@@ -32,6 +34,16 @@ def workflow_of(key: str) -> tuple[str, str | None]:
     """``(workflow id, model)`` of a workflow-table key."""
     workflow_id, sep, model = key.partition(_KEY_SEPARATOR)
     return workflow_id, (model if sep else None)
+
+
+def adapter_blocks(endpoints: Endpoints, model: str, blocks: Sequence[int]) -> list[int]:
+    """The prompt's prefix-index blocks for ``model``: unchanged for a base model, keyed by the adapter for a LoRA
+    adapter (vLLM puts the adapter's name in every block hash, vllm/v1/core/kv_cache_utils.py
+    ``_gen_lora_extra_hash_keys``: an adapter never reuses the base model's or another adapter's cache)."""
+    if not any(model in endpoints.live(i).adapters for i in endpoints.candidates()):
+        return blocks if isinstance(blocks, list) else list(blocks)
+    salt = zlib.crc32(model.encode())
+    return [zlib.crc32(salt.to_bytes(4, "little"), block) for block in blocks]
 
 
 def check_model(endpoints: Endpoints, model: str | None) -> None:

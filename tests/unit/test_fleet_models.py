@@ -216,3 +216,15 @@ def test_router_state_follows_membership() -> None:
     assert moved.instance != home and moved.failover and moved.instance in ("c", "d", "e")
     for instance in ("e", "e", "e"):  # the new instance takes work at once: accounting knows it
         r.inflight.start(instance, 2.0)
+
+
+def test_an_adapters_prefix_blocks_are_its_own() -> None:
+    from extproc.requestcontrol.fleet import adapter_blocks
+
+    e = endpoints({"a": serving("base", adapters=("sql",)), "b": serving("base")})
+    blocks = [11, 22, 33]
+    assert adapter_blocks(e, "base", blocks) == blocks  # a base model shares its cache across its names
+    sql = adapter_blocks(e, "sql", blocks)
+    assert len(sql) == 3 and not set(sql) & set(blocks)
+    assert sql == adapter_blocks(e, "sql", blocks) and sql != adapter_blocks(endpoints(
+        {"a": serving("base", adapters=("sql", "chat"))}), "chat", blocks)
