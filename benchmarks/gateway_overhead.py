@@ -243,13 +243,28 @@ def _drive(coroutine: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("the routing path suspended: it awaited I/O")
 
 
-def _router(active_workflows: int, assignments: object = None):  # type: ignore[no-untyped-def]
+def _router(active_workflows: int, assignments: object = None,  # type: ignore[no-untyped-def]
+            scheduling_config: str | None = None, index_blocks: int = 0):
+    """The ext_proc's router in process. ``index_blocks``: that many block hashes learned by the prefix index
+    first, spread over the instances (each instance's capacity raised to hold its share)."""
     from extproc.config import Settings
     from extproc.reporting import NullReporter
     from extproc.server import build_router
 
-    settings = Settings(max_workflows=active_workflows * 2)
-    return build_router(settings, NullReporter(), assignments=assignments)  # type: ignore[arg-type]
+    instances = 3
+    settings = Settings(max_workflows=active_workflows * 2, scheduling_config=scheduling_config,
+                        prefix_capacity_blocks=max(31_250, index_blocks // instances + 1))
+    router = build_router(settings, NullReporter(), assignments=assignments)  # type: ignore[arg-type]
+    if index_blocks:
+        rng = random.Random(2)
+        names = list(router.endpoints.instances)
+        per = index_blocks // len(names)
+        for name in names:
+            for start in range(0, per, 4096):  # chains of prompts' blocks, as learn() sees them
+                router.prefix_index.learn(name, [rng.getrandbits(32) for _ in range(min(4096, per - start))])
+        held = sum(router.prefix_index.size(n) for n in names)
+        assert held >= 0.999 * index_blocks, (held, index_blocks)  # a few random 32-bit hashes collide
+    return router
 
 
 def _messages(workflow_ids: list[str]):  # type: ignore[no-untyped-def]
@@ -306,11 +321,12 @@ async def store_decision_times(store: str, samples: int) -> dict[str, tuple[floa
     return result
 
 
-def routing_decision_times(active_workflows: int, samples: int) -> tuple[float, float]:
+def routing_decision_times(active_workflows: int, samples: int, scheduling_config: str | None = None,
+                           index_blocks: int = 0) -> tuple[float, float]:
     """p50/p99 seconds of the servicer's synchronous core for one body message, at N active workflows."""
     from extproc.handlers.server import Stream
 
-    router = _router(active_workflows)
+    router = _router(active_workflows, scheduling_config=scheduling_config, index_blocks=index_blocks)
     servicer = router.servicer
     headers, bodies = _messages([f"wf-{i}" for i in range(active_workflows)])
     for message in bodies:  # every workflow becomes active
@@ -347,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also measure streamed responses (16 and 256 tokens): ext_proc CPU per request")
     parser.add_argument("--long-prompts", action="store_true",
                         help="also measure the added latency for 2 KB and 400 KB prompts")
+    parser.add_argument("--cost-model-index", action="store_true",
+                        help="also time decisions with the cost-model profile, a 1M-block prefix index, 100k workflows")
     parser.add_argument("--json-out", type=Path, default=None)
     return parser
 
@@ -412,6 +430,14 @@ def main(argv: list[str] | None = None) -> int:
         decision[str(active)] = (p50, p99)
         print(f"{active:>16} {p50 * 1e6:>8.1f} {p99 * 1e6:>8.1f}")
     report["routing_decision_s"] = decision
+    if ns.cost_model_index:
+        print("\n=== DECISION TIME, COST MODEL (builtin:cost-model), 1M-block prefix index, 100k workflows ===")
+        blocks = 1_000_000
+        p50, p99 = routing_decision_times(100_000, 2_000 if ns.quick else 20_000, "builtin:cost-model", blocks)
+        from extproc.datastore.prefix_index import BYTES_PER_ENTRY
+        print(f"p50 {p50 * 1e6:.1f} us, p99 {p99 * 1e6:.1f} us; index {blocks:,} blocks x ~{BYTES_PER_ENTRY} B "
+              f"= ~{blocks * BYTES_PER_ENTRY / 2**20:.0f} MiB")
+        report["cost_model_decision_s"] = (p50, p99)
 
     if ns.long_prompts:
         backend_process, backends = start_fixed_backends(run_dir, names)
