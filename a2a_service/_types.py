@@ -94,6 +94,7 @@ class RequestRecord:
     cached_tokens: int = 0  # COMPLETED: usage.prompt_tokens_details.cached_tokens
     status_code: int = 0  # COMPLETED: backend HTTP status
     model: str = ""  # ROUTED: the request's model ("" = none named)
+    identity_source: str = ""  # ROUTED: where the router took the workflow's identity from ("" = not reported)
 
 
 @dataclass(slots=True, frozen=True)
@@ -147,6 +148,9 @@ class WorkflowStatus:
     messages: MessageCounters
     # model -> the instance its requests in this workflow were last routed to (affinity is per workflow and model)
     model_instances: dict[str, str] = field(default_factory=dict)
+    # where the router took the workflow's identity from, for its latest routed request (extproc identity sources:
+    # workflow_metadata, workflow_header, prompt_cache_key, previous_response, session_header, trace_id)
+    identity_source: str = ""
 
 
 @dataclass(slots=True, frozen=True)

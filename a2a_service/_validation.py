@@ -18,6 +18,7 @@ MAX_INSTANCE_LENGTH = 2048
 MAX_MODEL_LENGTH = 256  # a router record's model name (a served model or a LoRA adapter)
 # Models remembered per workflow in its status (model_instances); further ones are not added.
 MAX_MODELS_PER_WORKFLOW = 64
+MAX_IDENTITY_SOURCE_LENGTH = 32  # a router record's identity source label (extproc/requestcontrol/identity.py)
 EMPTY_PAYLOAD = b"{}"
 
 

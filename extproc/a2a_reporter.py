@@ -56,7 +56,7 @@ class A2AReporter:
         self.batch = batch
         self.interval = interval
         # (kind, request_id, workflow_id, agent_id, instance, affinity_hit, failover, latency, ts, prompt,
-        #  cached, status, model)
+        #  cached, status, model, identity source)
         self._pending: deque[tuple[object, ...]] = deque()
         self._limit = queue_limit
         self._task: asyncio.Task[None] | None = None
@@ -81,7 +81,7 @@ class A2AReporter:
         instance = self._urls.get(decision.instance, decision.instance)
         model = workflow_of(decision.affinity_key)[1] if decision.affinity_key is not None else None
         self._push((_ROUTED, request_id, decision.workflow_id, agent, instance, decision.affinity_hit,
-                    decision.failover, elapsed, time.time(), 0, 0, 0, model or ""))
+                    decision.failover, elapsed, time.time(), 0, 0, 0, model or "", decision.identity_source))
 
     def completed(
         self, request_id: str, workflow_id: str, agent_id: str | None, instance: str, usage: Usage | None,
@@ -89,7 +89,7 @@ class A2AReporter:
     ) -> None:
         prompt, cached = (usage.prompt_tokens, usage.cached_tokens) if usage is not None else (0, 0)
         self._push((_COMPLETED, request_id, workflow_id, agent_id, self._urls.get(instance, instance), False, False,
-                    0.0, time.time(), prompt, cached, status, ""))
+                    0.0, time.time(), prompt, cached, status, "", ""))
 
     # --- background ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -123,10 +123,10 @@ class A2AReporter:
         request = a2a_pb2.RecordRequestsRequest()
         add = request.records.add
         for _ in range(count):
-            kind, rid, wid, aid, inst, hit, fail, lat, ts, prompt, cached, status, model = pending.popleft()
+            kind, rid, wid, aid, inst, hit, fail, lat, ts, prompt, cached, status, model, source = pending.popleft()
             add(kind=kind, request_id=rid, workflow_id=wid, agent_id=aid or "", instance=inst, affinity_hit=hit,
                 failover=fail, routing_latency_seconds=lat, timestamp=ts, prompt_tokens=prompt,
-                cached_tokens=cached, status_code=status, model=model)
+                cached_tokens=cached, status_code=status, model=model, identity_source=source)
         try:
             await self._stub.RecordRequests(request, timeout=DEFAULT_RPC_TIMEOUT_S, metadata=self._metadata)
             self.sent += count

@@ -93,6 +93,7 @@ PASSIVE_HOLD_DOWN_S = 5.0
 # Dynamic fleets (extproc/discovery/): how often the endpoints file is re-read, the vLLM pods' port.
 DEFAULT_ENDPOINTS_FILE_INTERVAL_S = 0.5
 DEFAULT_K8S_PORT = 8000
+K8S_RESOURCES = ("pods", "endpointslices")
 
 # --- limits -------------------------------------------------------------------------------------------------
 # Workflow and agent ids follow the A2A service's rules (ID_CHARSET, MAX_ID_LENGTH, imported above): they become
@@ -195,6 +196,7 @@ class Settings:
     k8s_label_selector: str | None = None
     k8s_namespace: str = "default"
     k8s_port: int = DEFAULT_K8S_PORT
+    k8s_resource: str = "pods"  # or "endpointslices"
     k8s_api_url: str | None = None
     k8s_token_file: str | None = None
     k8s_ca_file: str | None = None
@@ -264,6 +266,8 @@ class Settings:
                              "endpoint: Envoy's ORIGINAL_DST cluster reaches any ip:port, static clusters do not")
         if self.dynamic_fleet and (self.kv_events or self.kv_index != "local"):
             raise ValueError("--kv-events and --kv-index lmcache name a static fleet; not with a dynamic one")
+        if self.k8s_resource not in K8S_RESOURCES:
+            raise ValueError(f"--k8s-resource must be one of {', '.join(K8S_RESOURCES)}")
         if self.endpoints_file_interval <= 0 or not 0 < self.k8s_port < 65536:
             raise ValueError("--endpoints-file-interval must be > 0 and --k8s-port a port number")
 
@@ -447,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--k8s-namespace", default=_env("k8s-namespace", "default"), help="namespace of the discovered pods")
     add("--k8s-port", type=int, default=_env("k8s-port", DEFAULT_K8S_PORT),
         help="the vLLM port of the discovered pods")
+    add("--k8s-resource", default=_env("k8s-resource", "pods"), choices=list(K8S_RESOURCES),
+        help="what --k8s-label-selector selects: 'pods' (ready pods, as an InferencePool) or 'endpointslices' "
+        "(ready endpoints of the slices, e.g. kubernetes.io/service-name=vllm)")
     add("--k8s-api-url", default=_env("k8s-api-url", None),
         help="Kubernetes API server URL (default: in-cluster, from KUBERNETES_SERVICE_HOST and the service account)")
     add("--k8s-token-file", default=_env("k8s-token-file", None),
@@ -536,6 +543,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         k8s_label_selector=ns.k8s_label_selector or None,
         k8s_namespace=ns.k8s_namespace,
         k8s_port=ns.k8s_port,
+        k8s_resource=ns.k8s_resource,
         k8s_api_url=ns.k8s_api_url or None,
         k8s_token_file=ns.k8s_token_file or None,
         k8s_ca_file=ns.k8s_ca_file or None,

@@ -103,8 +103,8 @@ async def _discovery(settings: Settings) -> tuple[Settings, EndpointsFile | Kube
             initial = source.initial()
         elif settings.k8s_label_selector is not None:
             source = KubernetesPods(KubernetesSource(
-                settings.k8s_namespace, settings.k8s_label_selector, settings.k8s_port, settings.k8s_api_url,
-                settings.k8s_token_file, settings.k8s_ca_file), lambda _: None)
+                settings.k8s_namespace, settings.k8s_label_selector, settings.k8s_port, settings.k8s_resource,
+                settings.k8s_api_url, settings.k8s_token_file, settings.k8s_ca_file), lambda _: None)
             initial = await source.initial()
         else:
             return settings, None

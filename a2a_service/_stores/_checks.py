@@ -63,6 +63,8 @@ def check_record(rec: RequestRecord) -> None:
     v.check_text(rec.instance, "instance", max_length=v.MAX_INSTANCE_LENGTH)
     if rec.model:
         v.check_text(rec.model, "model", max_length=v.MAX_MODEL_LENGTH)
+    if rec.identity_source:
+        v.check_text(rec.identity_source, "identity_source", max_length=v.MAX_IDENTITY_SOURCE_LENGTH)
     v.check_number(rec.routing_latency_seconds, "routing_latency_seconds", minimum=0.0, maximum=3600.0)
     if rec.kind is RecordKind.COMPLETED:
         if rec.prompt_tokens < 0 or rec.cached_tokens < 0 or rec.cached_tokens > rec.prompt_tokens:

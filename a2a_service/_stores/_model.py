@@ -50,8 +50,8 @@ class AgentQueue:
 class Workflow:
     __slots__ = (
         "acked", "affinity_hits", "assigned_instance", "cache_hits", "cached_tokens", "completed_requests",
-        "created_at", "delivered", "dropped", "expired", "failed_requests", "failovers", "last_updated",
-        "leased", "model_instances", "pending", "prompt_tokens", "queues", "redelivered", "rejected",
+        "created_at", "delivered", "dropped", "expired", "failed_requests", "failovers", "identity_source",
+        "last_updated", "leased", "model_instances", "pending", "prompt_tokens", "queues", "redelivered", "rejected",
         "routing_latency_sum", "sent", "total_requests", "workflow_id",
     )  # fmt: skip
 
@@ -73,6 +73,7 @@ class Workflow:
         self.routing_latency_sum = 0.0
         self.assigned_instance: str | None = None
         self.model_instances: dict[str, str] = {}  # model -> instance (affinity is per workflow and model)
+        self.identity_source = ""  # of the latest routed request that reported one
         self.sent = self.delivered = self.acked = self.redelivered = 0
         self.expired = self.rejected = self.dropped = 0
 
@@ -95,6 +96,7 @@ class Workflow:
             avg_routing_latency_seconds=self.routing_latency_sum / self.total_requests if self.total_requests else 0.0,
             assigned_instance=self.assigned_instance,
             model_instances=dict(self.model_instances),
+            identity_source=self.identity_source,
             created_at=self.created_at,
             last_updated=self.last_updated,
             queued_messages=self.pending - self.leased,

@@ -364,6 +364,8 @@ class QueueCore:
                 known = wf.model_instances
                 if rec.model and (rec.model in known or len(known) < v.MAX_MODELS_PER_WORKFLOW):
                     wf.model_instances[rec.model] = rec.instance
+                if rec.identity_source:
+                    wf.identity_source = rec.identity_source
             wf.routing_latency_sum += rec.routing_latency_seconds
         else:
             wf.completed_requests += 1

@@ -95,6 +95,7 @@ def decode_status(workflow_id: str, res: Sequence[Any]) -> WorkflowStatus:
         avg_routing_latency_seconds=float(h.get("latency_sum", 0.0)) / total if total else 0.0,
         assigned_instance=instance.decode() if instance is not None else None,
         model_instances={k[len("model:"):]: value.decode() for k, value in h.items() if k.startswith("model:")},
+        identity_source=h["identity_source"].decode() if "identity_source" in h else "",
         created_at=float(h["created_at"]),
         last_updated=float(h["last_updated"]),
         queued_messages=pending - leased,
@@ -155,8 +156,8 @@ class _Aggregate:
     """The router records of one (workflow, agent) in one batch, summed."""
 
     __slots__ = (
-        "affinity_hits", "cache_hits", "cached_tokens", "completed", "failed", "failovers", "instance",
-        "instance_index", "latency", "prompt_tokens", "records", "routed",
+        "affinity_hits", "cache_hits", "cached_tokens", "completed", "failed", "failovers", "identity_source",
+        "instance", "instance_index", "latency", "prompt_tokens", "records", "routed",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -165,6 +166,7 @@ class _Aggregate:
         self.latency = 0.0
         self.instance_index = -1
         self.instance = ""
+        self.identity_source = ""  # of the record at instance_index
 
     def add(self, rec: RequestRecord, index: int) -> None:
         self.records += 1
@@ -175,6 +177,7 @@ class _Aggregate:
             self.latency += rec.routing_latency_seconds
             if rec.instance:
                 self.instance_index, self.instance = index, rec.instance
+                self.identity_source = rec.identity_source
         else:
             self.completed += 1
             self.failed += rec.status_code >= 400
@@ -205,7 +208,7 @@ def record_args(records: Sequence[RequestRecord]) -> tuple[int, list[Any]]:
         args += [
             workflow_id, agent_id, g.records, g.routed, g.affinity_hits, g.failovers, repr(g.latency),
             g.completed, g.failed, g.prompt_tokens, g.cached_tokens, g.cache_hits, g.instance_index, g.instance,
-            model,
+            model, g.identity_source,
         ]  # fmt: skip
     assert len(args) == RECORD_FIELDS * len(groups)
     return invalid, args

@@ -448,12 +448,13 @@ end
 return 1
 """
 
-RECORD_FIELDS = 15
+RECORD_FIELDS = 16
 # ARGV: 2 now, 3 max_workflows, 4 max_agents_per_workflow, 5 records already rejected (invalid), then one group
-# of 15 per (workflow, agent, model) in order of first appearance: workflow, agent ('' = none), records, routed,
+# of 16 per (workflow, agent, model) in order of first appearance: workflow, agent ('' = none), records, routed,
 # affinity_hits, failovers, routing latency sum, completed, failed, prompt_tokens, cached_tokens, cache_hits,
 # index of the last routed record naming an instance (-1 = none), that instance, the model ('' = none; its
-# instance is kept in the workflow hash as field "model:<model>", at most MAX_MODELS per workflow).
+# instance is kept in the workflow hash as field "model:<model>", at most MAX_MODELS per workflow), the identity
+# source of that last routed record ('' = not reported; kept as field "identity_source").
 # Returns {accepted, rejected}.
 RECORD = r"""
 local now_s, max_wf, max_agents = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -465,7 +466,7 @@ local totals = {total_requests = 0, affinity_hits = 0, completed_requests = 0, c
 local function add(wk, field, value)
   if tonumber(value) ~= 0 then redis.call('HINCRBY', wk, field, value) end
 end
-for i = 6, #ARGV, 15 do
+for i = 6, #ARGV, 16 do
   local wf, agent, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local ok = ok_wf[wf]
   if ok == nil then
@@ -494,7 +495,7 @@ for i = 6, #ARGV, 15 do
     totals.cached_tokens = totals.cached_tokens + tonumber(ARGV[i + 10])
     totals.cache_hits = totals.cache_hits + tonumber(ARGV[i + 11])
     local index = tonumber(ARGV[i + 12])
-    if index >= 0 and ((not last[wf]) or index > last[wf][1]) then last[wf] = {index, ARGV[i + 13]} end
+    if index >= 0 and ((not last[wf]) or index > last[wf][1]) then last[wf] = {index, ARGV[i + 13], ARGV[i + 15]} end
     local model = ARGV[i + 14]
     if index >= 0 and model ~= '' then
       local key = wf .. '\n' .. model
@@ -505,7 +506,10 @@ for i = 6, #ARGV, 15 do
     touch(wf, now_s)
   end
 end
-for wf, v in pairs(last) do redis.call('HSET', wkey(wf), 'assigned_instance', v[2]) end
+for wf, v in pairs(last) do
+  redis.call('HSET', wkey(wf), 'assigned_instance', v[2])
+  if v[3] ~= '' then redis.call('HSET', wkey(wf), 'identity_source', v[3]) end
+end
 for _, v in pairs(last_model) do
   local wk = wkey(v[3])
   if redis.call('HEXISTS', wk, v[4]) == 1 or tonumber(redis.call('HGET', wk, 'models') or '0') < MAX_MODELS then

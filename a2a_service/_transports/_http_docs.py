@@ -139,6 +139,12 @@ WorkflowStatusOut = _from_dataclasses(
             Field(default_factory=dict, description="model -> the instance the workflow's requests for it were "
                   "last routed to (affinity is per workflow and model)"),
         ),
+        "identity_source": (
+            str,
+            Field("", description="where the router took the workflow's identity from, for its latest routed "
+                  "request: workflow_metadata, workflow_header, prompt_cache_key, previous_response, "
+                  "session_header or trace_id (\"\" = not reported)"),
+        ),
     },
 )
 

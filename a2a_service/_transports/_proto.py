@@ -121,6 +121,7 @@ def status_to_pb(st: WorkflowStatus) -> pb.WorkflowStatus:
         queues={a: pb.QueueStatus(queued=q.queued, in_flight=q.in_flight) for a, q in st.queues.items()},
         messages=counters_to_pb(st.messages),
         model_instances=st.model_instances,
+        identity_source=st.identity_source,
     )
     if st.assigned_instance is not None:
         out.assigned_instance = st.assigned_instance
@@ -146,6 +147,7 @@ def status_from_pb(r: pb.WorkflowStatus) -> WorkflowStatus:
         avg_routing_latency_seconds=r.avg_routing_latency_seconds,
         assigned_instance=r.assigned_instance if r.HasField("assigned_instance") else None,
         model_instances=dict(r.model_instances),
+        identity_source=r.identity_source,
         created_at=r.created_at,
         last_updated=r.last_updated,
         queued_messages=r.queued_messages,
@@ -233,6 +235,7 @@ def record_to_pb(r: RequestRecord) -> pb.RequestRecord:
         cached_tokens=r.cached_tokens,
         status_code=r.status_code,
         model=r.model,
+        identity_source=r.identity_source,
     )
 
 
@@ -255,6 +258,7 @@ def record_from_pb(r: pb.RequestRecord) -> RequestRecord:
         cached_tokens=r.cached_tokens,
         status_code=r.status_code,
         model=r.model,
+        identity_source=r.identity_source,
     )
 
 

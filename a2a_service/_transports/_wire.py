@@ -37,7 +37,7 @@ _RECORD_FIELDS = {f.name for f in fields(RequestRecord)}
 _RECORD_INTS = ("prompt_tokens", "cached_tokens", "status_code")
 _RECORD_FLOATS = ("routing_latency_seconds", "timestamp")
 _RECORD_BOOLS = ("affinity_hit", "failover")
-_RECORD_STRS = ("request_id", "workflow_id", "agent_id", "instance", "model")
+_RECORD_STRS = ("request_id", "workflow_id", "agent_id", "instance", "model", "identity_source")
 _INT64_MAX = 2**63 - 1
 
 

@@ -163,7 +163,7 @@ class MessageCounters(_message.Message):
     def __init__(self, sent: _Optional[int] = ..., delivered: _Optional[int] = ..., acked: _Optional[int] = ..., redelivered: _Optional[int] = ..., expired: _Optional[int] = ..., rejected: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class WorkflowStatus(_message.Message):
-    __slots__ = ("workflow_id", "active_agents", "agents", "total_requests", "affinity_hits", "affinity_hit_rate", "failovers", "completed_requests", "failed_requests", "cache_hits", "cache_hit_rate", "prompt_tokens", "cached_tokens", "avg_routing_latency_seconds", "assigned_instance", "created_at", "last_updated", "queued_messages", "in_flight_messages", "queues", "messages", "cached_token_rate", "model_instances")
+    __slots__ = ("workflow_id", "active_agents", "agents", "total_requests", "affinity_hits", "affinity_hit_rate", "failovers", "completed_requests", "failed_requests", "cache_hits", "cache_hit_rate", "prompt_tokens", "cached_tokens", "avg_routing_latency_seconds", "assigned_instance", "created_at", "last_updated", "queued_messages", "in_flight_messages", "queues", "messages", "cached_token_rate", "model_instances", "identity_source")
     class QueuesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +201,7 @@ class WorkflowStatus(_message.Message):
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKEN_RATE_FIELD_NUMBER: _ClassVar[int]
     MODEL_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     active_agents: int
     agents: _containers.RepeatedScalarFieldContainer[str]
@@ -224,7 +225,8 @@ class WorkflowStatus(_message.Message):
     messages: MessageCounters
     cached_token_rate: float
     model_instances: _containers.ScalarMap[str, str]
-    def __init__(self, workflow_id: _Optional[str] = ..., active_agents: _Optional[int] = ..., agents: _Optional[_Iterable[str]] = ..., total_requests: _Optional[int] = ..., affinity_hits: _Optional[int] = ..., affinity_hit_rate: _Optional[float] = ..., failovers: _Optional[int] = ..., completed_requests: _Optional[int] = ..., failed_requests: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_hit_rate: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., avg_routing_latency_seconds: _Optional[float] = ..., assigned_instance: _Optional[str] = ..., created_at: _Optional[float] = ..., last_updated: _Optional[float] = ..., queued_messages: _Optional[int] = ..., in_flight_messages: _Optional[int] = ..., queues: _Optional[_Mapping[str, QueueStatus]] = ..., messages: _Optional[_Union[MessageCounters, _Mapping]] = ..., cached_token_rate: _Optional[float] = ..., model_instances: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    identity_source: str
+    def __init__(self, workflow_id: _Optional[str] = ..., active_agents: _Optional[int] = ..., agents: _Optional[_Iterable[str]] = ..., total_requests: _Optional[int] = ..., affinity_hits: _Optional[int] = ..., affinity_hit_rate: _Optional[float] = ..., failovers: _Optional[int] = ..., completed_requests: _Optional[int] = ..., failed_requests: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_hit_rate: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., avg_routing_latency_seconds: _Optional[float] = ..., assigned_instance: _Optional[str] = ..., created_at: _Optional[float] = ..., last_updated: _Optional[float] = ..., queued_messages: _Optional[int] = ..., in_flight_messages: _Optional[int] = ..., queues: _Optional[_Mapping[str, QueueStatus]] = ..., messages: _Optional[_Union[MessageCounters, _Mapping]] = ..., cached_token_rate: _Optional[float] = ..., model_instances: _Optional[_Mapping[str, str]] = ..., identity_source: _Optional[str] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()
@@ -298,7 +300,7 @@ class DeleteWorkflowResponse(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ..., dropped_messages: _Optional[int] = ...) -> None: ...
 
 class RequestRecord(_message.Message):
-    __slots__ = ("request_id", "workflow_id", "agent_id", "instance", "affinity_hit", "failover", "routing_latency_seconds", "timestamp", "kind", "prompt_tokens", "cached_tokens", "status_code", "model")
+    __slots__ = ("request_id", "workflow_id", "agent_id", "instance", "affinity_hit", "failover", "routing_latency_seconds", "timestamp", "kind", "prompt_tokens", "cached_tokens", "status_code", "model", "identity_source")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -312,6 +314,7 @@ class RequestRecord(_message.Message):
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     workflow_id: str
     agent_id: str
@@ -325,7 +328,8 @@ class RequestRecord(_message.Message):
     cached_tokens: int
     status_code: int
     model: str
-    def __init__(self, request_id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., instance: _Optional[str] = ..., affinity_hit: _Optional[bool] = ..., failover: _Optional[bool] = ..., routing_latency_seconds: _Optional[float] = ..., timestamp: _Optional[float] = ..., kind: _Optional[_Union[RecordKind, str]] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., status_code: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
+    identity_source: str
+    def __init__(self, request_id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., instance: _Optional[str] = ..., affinity_hit: _Optional[bool] = ..., failover: _Optional[bool] = ..., routing_latency_seconds: _Optional[float] = ..., timestamp: _Optional[float] = ..., kind: _Optional[_Union[RecordKind, str]] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., status_code: _Optional[int] = ..., model: _Optional[str] = ..., identity_source: _Optional[str] = ...) -> None: ...
 
 class RecordRequestsRequest(_message.Message):
     __slots__ = ("records",)

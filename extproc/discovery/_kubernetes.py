@@ -1,12 +1,18 @@
-"""Kubernetes discovery: the vLLM pods a label selector picks, listed and then watched through the API server.
+"""Kubernetes discovery: the vLLM pods (or EndpointSlices) a label selector picks, listed and then watched through
+the API server.
 
-What production-stack's service discovery and a Gateway API InferencePool do: the pods matching
-``--k8s-label-selector`` in ``--k8s-namespace`` are the fleet; a pod counts once it is Running, has an IP, its
-``Ready`` condition is True and it is not being deleted; its instance is ``http://<podIP>:<--k8s-port>``, named
-after the pod. The watch (``GET /api/v1/namespaces/NS/pods?labelSelector=…&watch=1&resourceVersion=RV``) is the
-API server's stream of ``{"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": …}`` lines; a ``410 Gone``
-(the resource version expired) or a dropped stream lists again. The RBAC it needs: ``get``, ``list``, ``watch``
-on ``pods`` in that namespace (envoy/k8s/discovery-rbac.yaml).
+- ``--k8s-resource pods`` (default; what production-stack's service discovery and a Gateway API InferencePool
+  do): the pods matching ``--k8s-label-selector`` in ``--k8s-namespace`` are the fleet; a pod counts once it is
+  Running, has an IP, its ``Ready`` condition is True and it is not being deleted; its instance is
+  ``http://<podIP>:<--k8s-port>``, named after the pod.
+- ``--k8s-resource endpointslices``: the EndpointSlices the selector picks (usually
+  ``kubernetes.io/service-name=<a Service>``, as kube-proxy reads them); every endpoint whose ``ready``
+  condition is not false counts, named after its pod (``targetRef``) or its address.
+
+The watch (``GET …?labelSelector=…&watch=1&resourceVersion=RV``) is the API server's stream of ``{"type":
+ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": …}`` lines; a ``410 Gone`` (the resource version expired) or a
+dropped stream lists again. The RBAC it needs: ``get``, ``list``, ``watch`` on ``pods`` (or
+``endpointslices`` of ``discovery.k8s.io``) in that namespace (envoy/k8s-discovery/rbac.yaml).
 
 Plain httpx, no client library: in a pod the API server is ``https://$KUBERNETES_SERVICE_HOST:
 $KUBERNETES_SERVICE_PORT`` with the service account's token and CA
@@ -43,6 +49,25 @@ def _ready(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
 
 
+def _url(ip: str, port: int) -> str:
+    return f"http://[{ip}]:{port}" if ":" in ip else f"http://{ip}:{port}"
+
+
+def backends_from_slices(slices: Mapping[str, Mapping[str, Any]], port: int) -> tuple[Backend, ...]:
+    """The ready endpoints of EndpointSlices (discovery.k8s.io/v1), in name order (pure). A ``ready`` condition
+    that is absent counts as ready (the API's rule for unknown)."""
+    found: dict[str, Backend] = {}
+    for slice_name in sorted(slices):
+        for endpoint in slices[slice_name].get("endpoints") or ():
+            if (endpoint.get("conditions") or {}).get("ready") is False:
+                continue
+            target = (endpoint.get("targetRef") or {}).get("name")
+            for index, address in enumerate(endpoint.get("addresses") or ()):
+                name = str(target) if target and index == 0 else str(address)
+                found.setdefault(name, Backend(name, _url(str(address), port)))
+    return tuple(found[name] for name in sorted(found))
+
+
 def backends_from_pods(pods: Mapping[str, Mapping[str, Any]], port: int) -> tuple[Backend, ...]:
     """The ready pods' backends, in name order (pure)."""
     found: list[Backend] = []
@@ -62,6 +87,7 @@ class KubernetesSource:
     namespace: str
     label_selector: str
     port: int = 8000
+    resource: str = "pods"  # or "endpointslices"
     api_url: str | None = None  # None: in-cluster (KUBERNETES_SERVICE_HOST/PORT)
     token_file: str | None = None  # None: the service account's token in-cluster, no token elsewhere
     ca_file: str | None = None  # None: the service account's CA in-cluster
@@ -86,7 +112,14 @@ class KubernetesSource:
 
     @property
     def path(self) -> str:
+        if self.resource == "endpointslices":
+            return f"/apis/discovery.k8s.io/v1/namespaces/{self.namespace}/endpointslices"
         return f"/api/v1/namespaces/{self.namespace}/pods"
+
+    def backends(self, objects: Mapping[str, Mapping[str, Any]]) -> tuple[Backend, ...]:
+        if self.resource == "endpointslices":
+            return backends_from_slices(objects, self.port)
+        return backends_from_pods(objects, self.port)
 
 
 class _Gone(Exception):
@@ -118,7 +151,7 @@ class KubernetesPods:
         while True:
             try:
                 await self._list()
-                backends = backends_from_pods(self.pods, self.source.port)
+                backends = self.source.backends(self.pods)
                 if backends:
                     self._applied = backends
                     return backends
@@ -136,11 +169,11 @@ class KubernetesPods:
         assert self._client is not None
         response = await self._client.get(self.source.path, params={"labelSelector": self.source.label_selector})
         if response.status_code != 200:
-            raise ValueError(f"listing pods: HTTP {response.status_code}: {response.text[:200]}")
+            raise ValueError(f"listing {self.source.resource}: HTTP {response.status_code}: {response.text[:200]}")
         body = response.json()
         items = body.get("items")
         if not isinstance(items, list):
-            raise ValueError("listing pods: no 'items' list")
+            raise ValueError(f"listing {self.source.resource}: no 'items' list")
         self.pods = {item["metadata"]["name"]: item for item in items}
         self.resource_version = str(body.get("metadata", {}).get("resourceVersion", ""))
         self.lists += 1
@@ -153,7 +186,7 @@ class KubernetesPods:
             if response.status_code == 410:
                 raise _Gone
             if response.status_code != 200:
-                raise ValueError(f"watching pods: HTTP {response.status_code}")
+                raise ValueError(f"watching {self.source.resource}: HTTP {response.status_code}")
             async for line in response.aiter_lines():
                 if line.strip():
                     self.handle(json.loads(line))
@@ -181,7 +214,7 @@ class KubernetesPods:
         self._publish()
 
     def _publish(self) -> None:
-        backends = backends_from_pods(self.pods, self.source.port)
+        backends = self.source.backends(self.pods)
         if backends and backends != self._applied:
             self._applied = backends
             self.apply(backends)

@@ -234,6 +234,8 @@ class Director:
                 self._observe_stream(request, route_id, routing, prompt_tokens, decision.prefill_tokens, headers)
         plan = RoutePlan(instance, tuple(headers), body, destination)
         self.identity_metrics.count(source)
+        if decision.workflow_id is not None:  # the workflow status shows it (A2A identity_source)
+            decision = dataclasses.replace(decision, identity_source=source.value)
         self._account(decision, metadata, request, time.perf_counter() - started)
         return plan
 

@@ -21,6 +21,7 @@ class Decision:
     # The workflow table's key when it is not the workflow id: one entry per (workflow, model), so a workflow's
     # agents on different models each keep their own instance (requestcontrol/fleet.affinity_key).
     affinity_key: str | None = None
+    identity_source: str = ""  # where the workflow's identity came from (requestcontrol/identity.py), reported
 
     @property
     def reason(self) -> str:

@@ -219,3 +219,24 @@ async def test_chains_across_two_router_replicas_sharing_redis() -> None:
                 shared_hits += sample(text, "extproc_response_ids_shared_hits_total")
         assert all(len(set(instances)) == 1 for instances in results), results
         assert shared_hits > 0  # some follow-ups were pinned from the other replica's record
+
+
+async def test_the_workflow_status_shows_the_identity_source(stack: Stack) -> None:
+    """The shared stack (with the A2A service): a conversation identified only by its prompt_cache_key appears in
+    the workflow status under ``pck:<key>`` with ``identity_source: prompt_cache_key``."""
+    key = f"status-{uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient(timeout=30) as client:
+        for turn in range(2):
+            response = await client.post(f"{stack.url}/v1/chat/completions", json={
+                "model": "m", "max_tokens": 4, "prompt_cache_key": key,
+                "messages": [{"role": "user", "content": f"turn {turn}"}]})
+            assert response.status_code == 200, response.text
+        deadline = time.monotonic() + 10
+        while True:
+            status = await client.get(f"{stack.url}/v1/workflows/pck:{key}/status")
+            if (status.status_code == 200 and status.json()["total_requests"] == 2) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+    assert status.status_code == 200, status.text
+    assert status.json()["identity_source"] == "prompt_cache_key"
+    assert status.json()["assigned_instance"]

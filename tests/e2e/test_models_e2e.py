@@ -108,7 +108,7 @@ async def test_adapter_request_prefers_the_instance_where_it_is_running(fleet: S
     async with httpx.AsyncClient(timeout=60) as client:
         # A long "review" generation holds the adapter's slot on one small instance (max_loras 1) ...
         long = asyncio.create_task(client.post(f"{fleet.url}/v1/completions", json=body(
-            "review", f"long review {uuid.uuid4().hex}", max_tokens=20_000)))  # ~2.4 s at time scale 0.01
+            "review", f"long review {uuid.uuid4().hex}", max_tokens=30_000)))  # >= 3.6 s at time scale 0.01
         holder = None
         for _ in range(200):  # until the router's scrape (every 0.1 s) shows it running somewhere
             await asyncio.sleep(0.05)
@@ -119,7 +119,7 @@ async def test_adapter_request_prefers_the_instance_where_it_is_running(fleet: S
             if holder is not None:
                 break
         assert holder is not None, "the long review request never showed as running"
-        await asyncio.sleep(0.3)  # a few scrapes
+        await asyncio.sleep(1.0)  # ten scrapes of the router's poller (every 0.1 s)
         # ... so the next "review" requests go there (no load, no wait), and "sql" goes to the other instance,
         # whose slot is free, rather than waiting behind review's.
         reviews = [await client.post(f"{fleet.url}/v1/completions", json=body("review", f"r{i} {uuid.uuid4().hex}"))

@@ -227,6 +227,7 @@ async def test_status_and_stats_are_the_same_on_every_replica(make_store):
             cached_tokens=50 * (i % 3) if i % 2 and i % 5 else 0,
             status_code=500 if i % 97 == 1 else 200,
             model=("big" if i % 4 == 0 else f"small-{i % 3}") if i % 2 == 0 else "",
+            identity_source=("prompt_cache_key" if i % 3 else "session_header") if i % 2 == 0 else "",
         )
         for i in range(1000)
     ]

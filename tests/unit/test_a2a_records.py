@@ -120,3 +120,14 @@ def test_the_status_shows_each_models_instance():
     assert st.model_instances == {"planner-70b": "http://big-1:8000", "worker-8b": "http://small-2:8000"}
     assert st.assigned_instance == "http://big-1:8000"  # still the latest decision
     assert c.record([routed(model="x" * 257)]).rejected == 1  # bounded like the other fields
+
+
+def test_the_status_shows_where_the_workflow_identity_came_from():
+    # Issue #17: the router takes a workflow's identity from keys clients already send; the status shows the
+    # source of the latest routed request that reported one.
+    c = core()
+    c.record([routed(identity_source="prompt_cache_key")])
+    assert c.status("wf").identity_source == "prompt_cache_key"
+    c.record([routed(identity_source="previous_response"), routed(), completed(10, 5)])
+    assert c.status("wf").identity_source == "previous_response"  # records that report none keep it
+    assert c.record([routed(identity_source="x" * 33)]).rejected == 1

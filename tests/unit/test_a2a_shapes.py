@@ -50,6 +50,7 @@ STATUS = WorkflowStatus(
     assigned_instance="vllm-1", created_at=1700000000.5, last_updated=1700000100.25, queued_messages=4,
     in_flight_messages=3, queues={"planner": QueueStatus(1, 2), "coder": QueueStatus(3, 1)}, messages=COUNTERS,
     model_instances={"planner-70b": "vllm-1", "worker-8b": "vllm-3"},
+    identity_source="prompt_cache_key",
 )  # fmt: skip
 STATS = SystemStats(
     active_workflows=3, max_workflows=1000, workflows_created=8, workflows_expired=2, workflows_deleted=3,
@@ -62,7 +63,7 @@ STATS = SystemStats(
 RECORD = RequestRecord(
     workflow_id="wf", kind=RecordKind.COMPLETED, request_id="r-1", agent_id="coder", instance="vllm-1",
     affinity_hit=True, failover=True, routing_latency_seconds=0.25, timestamp=1700000000.5, prompt_tokens=100,
-    cached_tokens=40, status_code=200, model="worker-8b",
+    cached_tokens=40, status_code=200, model="worker-8b", identity_source="previous_response",
 )  # fmt: skip
 SEND_RESULT = SendResult("m-1", ("coder", "tester"), 1700000000.25, 1700000300.5)
 ACK = AckResult(("m-1",), ("m-2", "m-3"))

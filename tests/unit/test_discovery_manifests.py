@@ -32,9 +32,11 @@ def test_manifests_validate(name: str) -> None:
         kubernetes_validate.validate(doc, "1.30", strict=True)
 
 
-def test_role_grants_get_list_watch_on_pods_only() -> None:
+def test_role_grants_get_list_watch_on_pods_and_endpointslices_only() -> None:
     role = next(d for d in docs("rbac.yaml") if d["kind"] == "Role")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+                             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                              "verbs": ["get", "list", "watch"]}]
     binding = next(d for d in docs("rbac.yaml") if d["kind"] == "RoleBinding")
     account = next(d for d in docs("rbac.yaml") if d["kind"] == "ServiceAccount")
     patch = docs("extproc-discovery.yaml")[0]["spec"]["template"]["spec"]

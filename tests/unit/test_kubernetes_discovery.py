@@ -132,3 +132,66 @@ async def test_initial_gives_up_with_a_clear_error_when_nothing_answers() -> Non
     source = KubernetesSource("llm", "app=vllm", api_url="http://127.0.0.1:9")  # nothing listens on port 9
     with pytest.raises(ValueError, match="Kubernetes discovery"):
         await KubernetesPods(source, lambda _: None).initial(wait=0.3)
+
+
+class FakeSliceServer:
+    """GET /apis/discovery.k8s.io/v1/namespaces/llm/endpointslices: the list, then the recorded watch events."""
+
+    def __init__(self) -> None:
+        self.watches = 0
+        self.release = asyncio.Event()
+        self.requests: list[dict[str, str]] = []
+
+    async def slices(self, request: Request) -> Response:
+        self.requests.append(dict(request.query_params))
+        if request.query_params.get("watch") != "1":
+            return JSONResponse(load("endpointslices-list.json"))
+        self.watches += 1
+        lines = (FIXTURES / "endpointslices-watch.jsonl").read_text().splitlines() if self.watches == 1 else []
+
+        async def stream() -> AsyncIterator[bytes]:
+            for line in lines:
+                yield line.encode() + b"\n"
+                await asyncio.sleep(0.01)
+            await self.release.wait()
+
+        return StreamingResponse(stream(), media_type="application/json")
+
+
+async def test_endpointslices_list_then_watch() -> None:
+    api = FakeSliceServer()
+    applied: list[list[str]] = []
+    app = Starlette(routes=[Route("/apis/discovery.k8s.io/v1/namespaces/llm/endpointslices", api.slices)])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        source = KubernetesSource("llm", "kubernetes.io/service-name=vllm", 8000, "endpointslices", api_url=url)
+        pods = KubernetesPods(source, lambda backends: applied.append(names(backends)))
+        initial = await pods.initial()
+        assert initial == (Backend("vllm-0", "http://10.1.0.10:8000"), Backend("vllm-1", "http://10.1.0.11:8000"))
+        await pods.start()
+        for _ in range(200):
+            if len(applied) >= 4:
+                break
+            await asyncio.sleep(0.02)
+        await pods.stop()
+    finally:
+        api.release.set()
+        server.should_exit = True
+        await task
+    # vllm-2 turns ready; a second slice adds vllm-3; vllm-0 terminates (ready false); the second slice goes.
+    assert applied == [["vllm-0", "vllm-1", "vllm-2"], ["vllm-0", "vllm-1", "vllm-2", "vllm-3"],
+                       ["vllm-1", "vllm-2", "vllm-3"], ["vllm-1", "vllm-2"]]
+    assert api.requests[0]["labelSelector"] == "kubernetes.io/service-name=vllm"
+    assert api.requests[1]["resourceVersion"] == "2000"
+
+
+def test_slices_without_conditions_count_as_ready_and_ipv6_is_bracketed() -> None:
+    from extproc.discovery import backends_from_slices
+
+    slices = {"s": {"endpoints": [{"addresses": ["fd00::1"]}, {"addresses": ["10.0.0.9"],
+                                                                 "conditions": {"ready": False}}]}}
+    assert backends_from_slices(slices, 8000) == (Backend("fd00::1", "http://[fd00::1]:8000"),)
