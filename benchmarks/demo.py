@@ -151,6 +151,8 @@ async def run_demo(url: str, *, with_a2a: bool = True, models: Sequence[ModelSpe
                   f"(cached {status.cached_tokens} of {status.prompt_tokens} prompt tokens) "
                   f"active_agents={status.active_agents} "
                   f"messages sent={status.messages.sent} delivered={status.messages.delivered}")
+            if len(status.model_instances) > 1:  # affinity per (workflow, model): one instance per model
+                print(f"    model_instances={status.model_instances}")
 
 
 async def wait_for_status(a2a: A2AClient, workflow_id: str, *, completed: int, timeout: float = 5.0) -> WorkflowStatus:
