@@ -328,6 +328,7 @@ class Director:
                                  prompt_tokens, cached_tokens)
         workflow_id = metadata.workflow_id
         key = affinity_key(workflow_id, model)  # one instance per (workflow, model)
+        keyed = key if model is not None else None  # Decision.affinity_key
         entry = workflows.get(key, now)
         home = entry.instance if entry is not None and entry.instance in self.endpoints.healthy else None
         instance = pinned if pinned is not None else self.scheduler.schedule(SchedulingRequest(
@@ -336,17 +337,16 @@ class Director:
         if entry is not None and home is not None:
             if instance == home:
                 entry.requests += 1
-                decision = Decision(home, workflow_id, True, False, False)
+                decision = Decision(home, workflow_id, True, False, False, affinity_key=keyed)
             else:
                 workflows.assign(key, instance, now).requests += 1
-                decision = Decision(instance, workflow_id, False, False, False, rebalanced=True, previous=home)
+                decision = Decision(instance, workflow_id, False, False, False, rebalanced=True, previous=home,
+                                    affinity_key=keyed)
         else:
             previous = entry.instance if entry is not None else None
             workflows.assign(key, instance, now).requests += 1
             decision = Decision(instance, workflow_id, False, previous is None, previous is not None,
-                                previous=previous)
-        if key != workflow_id:
-            decision = dataclasses.replace(decision, affinity_key=key)
+                                previous=previous, affinity_key=keyed)
         return self._learned(decision, blocks, prompt_tokens, cached_tokens)
 
     def _learned(self, decision: Decision, blocks: Sequence[int], prompt_tokens: int,
