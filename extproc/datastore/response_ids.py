@@ -57,6 +57,16 @@ def response_id_from_chunk(chunk: bytes) -> str | None:
     return found.group(1).decode("utf-8", "replace") if found is not None else None
 
 
+_WHOLE = re.compile(rb'\A\s*\{\s*"id"\s*:\s*"[^"\\]{1,256}"')
+_TOP_LEVEL = re.compile(rb'"object"\s*:\s*"response"')
+
+
+def whole_response(tail: bytes) -> bool:
+    """Whether a kept tail is a whole JSON ``ResponsesResponse`` (it begins with its ``id`` and names its
+    ``object``), not the end of a longer body that happens to begin at a nested item's ``{"id": …``."""
+    return _WHOLE.match(tail) is not None and _TOP_LEVEL.search(tail) is not None
+
+
 @dataclass(slots=True)
 class StoredResponse:
     instance: str

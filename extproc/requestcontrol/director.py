@@ -35,7 +35,7 @@ from extproc.config import (
 from extproc.datastore.endpoints import Endpoints
 from extproc.datastore.inflight import InFlight
 from extproc.datastore.prefix_index import CHARS_PER_TOKEN, TOKENS_PER_BLOCK, PrefixIndex, block_hashes
-from extproc.datastore.response_ids import ResponseIds, SharedResponseIds, response_id_from_chunk
+from extproc.datastore.response_ids import ResponseIds, SharedResponseIds, response_id_from_chunk, whole_response
 from extproc.datastore.shared_assignments import RedisAssignments
 from extproc.datastore.workflows import WorkflowTable
 from extproc.errors import BadRequest, PreviousResponseUnavailable
@@ -460,7 +460,7 @@ class Director:
         """The response ended (or the stream was cut): release, check health, count usage, report."""
         if response.route_id is not None:
             self.inflight.finish(response.route_id)
-        if response.response_id is None and response.path == RESPONSES_PATH:
+        if response.response_id is None and response.path == RESPONSES_PATH and whole_response(body_tail):
             self.learn_response_id(response, body_tail)  # a JSON body the first chunk did not carry whole
         reported = extract_usage(body_tail) if response.status == 200 else None
         if reported is not None:

@@ -300,3 +300,11 @@ def test_stored_responses_are_known_before_they_run() -> None:
     unstored = director.start({":path": "/v1/responses"})
     plain = asyncio.run(director.route(unstored, director.parse(unstored, b'{"input": "x", "store": false}'), 0.0))
     assert plain.body is None
+
+
+def test_a_tail_is_taken_for_a_whole_response_only() -> None:
+    from extproc.datastore.response_ids import whole_response
+
+    assert whole_response(orjson.dumps({"id": "resp_1", "created_at": 1, "object": "response", "output": []}))
+    item = orjson.dumps({"id": "msg_1", "content": [], "role": "assistant", "type": "message"})
+    assert not whole_response(item + b'], "usage": {}}')  # the end of a longer body, at an output item
