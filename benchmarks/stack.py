@@ -389,7 +389,16 @@ class Stack:
             observer=opts.observer,
             **opts.envoy_extra,  # type: ignore[arg-type]
             per_try_idle_timeout_s=opts.per_try_idle_timeout_s,
+            failover_groups=self.failover_groups(),
         )
+
+    def failover_groups(self) -> tuple[tuple[str, ...], ...]:
+        """A mixed fleet's instances grouped by what they serve (a retry never reaches another model's)."""
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for name, args in self.sim_models.items():
+            if name in self.backends:
+                groups.setdefault(args, []).append(name)
+        return tuple(tuple(g) for g in groups.values()) if len(groups) > 1 else ()
 
     def start_envoy(self) -> Process:
         self.envoy_config_path.write_text(to_yaml(self.envoy_options()))

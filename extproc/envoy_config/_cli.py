@@ -93,6 +93,10 @@ def _security_options(ns: argparse.Namespace, parser: argparse.ArgumentParser) -
     return found
 
 
+def _groups(text: str) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(n.strip() for n in group.split(",") if n.strip()) for group in text.split(";") if group.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="envoy-config",
                                      description="Print the Envoy configuration for the workflow router.")
@@ -118,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="open client connections Envoy accepts at most (overload manager); beyond: refused")
     parser.add_argument("--strict-dns", action="store_true",
                         help="resolve endpoint host names through DNS (STRICT_DNS clusters), e.g. Kubernetes Services")
+    parser.add_argument("--failover-groups", type=_groups, default=(),
+                        help="instances serving the same models, e.g. 'vllm-1,vllm-2;vllm-3,vllm-4': a retry stays "
+                        "in the instance's group (default: any other instance)")
     parser.add_argument("--admin-address", default="127.0.0.1",
                         help="address of the admin API (0.0.0.0 lets Prometheus scrape /stats/prometheus)")
     _add_security_flags(parser)
@@ -129,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ns = parser.parse_args(argv)
     options = EnvoyOptions(
         backends=ns.backends,
+        failover_groups=ns.failover_groups,
         **_security_options(ns, parser),
         extproc=tuple(ns.extproc or (Endpoint("127.0.0.1", DEFAULT_GRPC_PORT),)),
         a2a=tuple(ns.a2a or (_endpoint("127.0.0.1:8090"),)),

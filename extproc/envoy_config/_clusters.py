@@ -121,11 +121,15 @@ def _a2a_cluster(options: EnvoyOptions) -> dict[str, Any]:
     return a2a
 
 
+def _peers(options: EnvoyOptions, name: str) -> list[tuple[str, Endpoint]]:
+    """The instances a request for ``name`` may be retried on: the others of its failover group (all others
+    without groups, or when ``name`` is in none)."""
+    group = next((g for g in options.failover_groups if name in g), None)
+    return [(n, e) for n, e in options.backends if n != name and (group is None or n in group)]
+
+
 def clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
-    result = [
-        cluster(name, [endpoint], failover=[(n, e) for n, e in options.backends if n != name])
-        for name, endpoint in options.backends
-    ]
+    result = [cluster(name, [endpoint], failover=_peers(options, name)) for name, endpoint in options.backends]
     if options.baseline_lb_policy is not None:
         result.append(_baseline_cluster(options, options.baseline_lb_policy))
     elif options.ext_proc_enabled:

@@ -120,6 +120,10 @@ class EnvoyOptions:
     # "full-duplex": the router filter streams the body (FULL_DUPLEX_STREAMED, as gateways configure it for an
     # InferencePool) instead of buffering it; the ext_proc server notices it per stream (docs/gateway-api.md).
     request_body_mode: str = "buffered"
+    # A mixed fleet: instances serving the same models, as groups of backend names. An instance's failover
+    # endpoints (priority 1, used by retries) are then only the others of its group, so a retry never reaches an
+    # instance that would answer 404 for the request's model. Empty: every other instance.
+    failover_groups: tuple[tuple[str, ...], ...] = ()
 
 
 def duration(seconds: float) -> str:

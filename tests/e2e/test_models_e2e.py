@@ -135,3 +135,16 @@ def _latest_running(metrics: str) -> str:
     series = [line for line in metrics.splitlines() if line.startswith("vllm:lora_requests_info{")]
     latest = max(series, key=lambda line: float(line.rsplit(" ", 1)[1]))
     return latest.split('running_lora_adapters="', 1)[1].split('"', 1)[0]
+
+
+async def test_a_dead_instance_is_replaced_by_one_serving_the_same_model(fleet: Stack) -> None:
+    # Runs last in this module (it kills vllm-1). Envoy's retries stay within the model's instances (the stack's
+    # failover groups): a request caught by the death is retried on vllm-2, never on a worker-8b instance (404).
+    async with httpx.AsyncClient(timeout=30) as client:
+        first = await client.post(f"{fleet.url}/v1/completions", json=body(BIG, f"before {uuid.uuid4().hex}"))
+        assert first.status_code == 200
+        fleet.kill_simulator("vllm-1")
+        replies = [await client.post(f"{fleet.url}/v1/completions", json=body(BIG, f"after {i} {uuid.uuid4().hex}"))
+                   for i in range(12)]
+    assert [r.status_code for r in replies] == [200] * 12, [r.text for r in replies if r.status_code != 200][:2]
+    assert {r.headers[INSTANCE_HEADER] for r in replies} == {"vllm-2"}
