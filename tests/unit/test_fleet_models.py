@@ -228,3 +228,12 @@ def test_an_adapters_prefix_blocks_are_its_own() -> None:
     assert len(sql) == 3 and not set(sql) & set(blocks)
     assert sql == adapter_blocks(e, "sql", blocks) and sql != adapter_blocks(endpoints(
         {"a": serving("base", adapters=("sql", "chat"))}), "chat", blocks)
+
+
+def test_lora_affinity_as_a_scorer() -> None:
+    plugin = LoRAAffinityFilter()
+    e = endpoints({"a": lora(running=("sql",)), "b": lora(), "c": lora(running=("chat", "review")), "d": lora()})
+    assert plugin.score(SchedulingRequest(model=None), e, list(ABCD)) == {}
+    assert plugin.score(SchedulingRequest(model="base"), e, list(ABCD)) == {}
+    # active 1, a free slot 0.5, every slot held by other adapters: missing (0)
+    assert plugin.score(SchedulingRequest(model="sql"), e, list(ABCD)) == {"a": 1.0, "b": 0.5, "d": 0.5}

@@ -1,5 +1,5 @@
-"""``lora-affinity`` filter: a request for a LoRA adapter goes where the adapter is already active, or where a
-free adapter slot can take it, never by choice to an instance whose slots are all held by other adapters.
+"""``lora-affinity`` filter (and scorer): a request for a LoRA adapter goes where the adapter is already active, or
+where a free adapter slot can take it, never by choice to an instance whose slots are all held by other adapters.
 
 What an instance reports (vLLM's ``vllm:lora_requests_info`` gauge, vllm/v1/metrics/loggers.py): the adapters
 with running requests, those with waiting requests, and ``max_lora``, the adapters one batch can hold. An
@@ -36,6 +36,28 @@ class LoRAAffinityFilter:
         adapter = request.model
         if adapter is None or len(candidates) < 2:
             return candidates
+        active, room, full = self._tiers(adapter, endpoints, candidates)
+        if not active and not room and not full:
+            return candidates  # not an adapter anywhere (a base model): nothing to prefer
+        if active and room:
+            lightest_room = min(endpoints.load(i) for i in room)
+            if min(endpoints.load(i) for i in active) - lightest_room > self.load_cost:
+                return room
+            return active
+        return active or room or full
+
+    def score(self, request: SchedulingRequest, endpoints: Endpoints, candidates: list[str]) -> dict[str, float]:
+        """As a scorer (a ``--scheduling-config`` may weigh it against others): 1 where the adapter is active,
+        0.5 where a slot is free (one load), 0 where every slot is held by other adapters; base models: 0."""
+        adapter = request.model
+        if adapter is None:
+            return {}
+        active, room, _ = self._tiers(adapter, endpoints, candidates)
+        return {**dict.fromkeys(room, 0.5), **dict.fromkeys(active, 1.0)}
+
+    @staticmethod
+    def _tiers(adapter: str, endpoints: Endpoints, candidates: list[str]) -> tuple[list[str], list[str], list[str]]:
+        """``(active, room, full)`` for ``adapter`` (candidates that do not serve it are in none)."""
         active: list[str] = []
         room: list[str] = []
         full: list[str] = []
@@ -51,11 +73,4 @@ class LoRAAffinityFilter:
                 room.append(instance)
             else:
                 full.append(instance)
-        if not active and not room and not full:
-            return candidates  # not an adapter anywhere (a base model): nothing to prefer
-        if active and room:
-            lightest_room = min(endpoints.load(i) for i in room)
-            if min(endpoints.load(i) for i in active) - lightest_room > self.load_cost:
-                return room
-            return active
-        return active or room or full
+        return active, room, full
