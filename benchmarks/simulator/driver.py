@@ -35,19 +35,24 @@ class RequestHandle:
     Deltas are coalesced when the consumer is slower than the engine, as vLLM's output collector does.
     """
 
-    __slots__ = ("_done", "_sent", "_waiter", "state")
+    __slots__ = ("_done", "_sent", "_visible", "_waiter", "state")
 
     def __init__(self, state: SeqState) -> None:
         self.state = state
         self._done: asyncio.Future[SeqState] = asyncio.get_running_loop().create_future()
         self._waiter: asyncio.Future[None] | None = None
         self._sent = 0
+        # Tokens the client may see: those of dispatched steps. The engine counts a step's tokens when it computes
+        # the step, a step duration before the driver dispatches it; a stream read in between (a handler that
+        # starts late on a busy loop) must not send them early (nor the chat role chunk that goes with the first).
+        self._visible = 0
 
     @property
     def request_id(self) -> str:
         return self.state.request_id
 
     def _notify(self) -> None:
+        self._visible = self.state.num_output
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -71,7 +76,7 @@ class RequestHandle:
         loop = asyncio.get_running_loop()
         state = self.state
         while True:
-            n = state.num_output
+            n = self._visible
             if n > self._sent:
                 delta = "".join(state.output_pieces[self._sent : n])
                 self._sent = n

