@@ -7,7 +7,9 @@ import dataclasses
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
@@ -223,7 +225,8 @@ async def serve(settings: Settings) -> None:
     log.info(
         "ext_proc server listening",
         extra={"grpc_port": running.grpc_port, "metrics_port": running.metrics_port,
-               "backends": list(running.router.endpoints.instances)},
+               "backends": list(running.router.endpoints.instances),
+               "event_loop": type(asyncio.get_running_loop()).__module__.partition(".")[0]},
     )
     # Parent processes (the stack launcher, tests) read the bound ports from this line.
     print(f"EXTPROC_LISTENING grpc={running.grpc_port} metrics={running.metrics_port}", flush=True)
@@ -265,4 +268,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"workflow-extproc: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure(settings.log_level)
-    asyncio.run(serve(settings))
+    run(serve(settings), settings.event_loop)
+
+
+def run(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """``asyncio.run`` on uvloop's loop where chosen (``auto``: if installed). grpc.aio runs on either."""
+    if event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if event_loop == "uvloop":
+                raise SystemExit("workflow-extproc: error: --event-loop uvloop: uvloop is not installed") from None
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
