@@ -214,11 +214,16 @@ async def test_chains_across_two_router_replicas_sharing_redis() -> None:
         async with httpx.AsyncClient(timeout=60) as client:
             results = await asyncio.gather(*(conversation(client, i) for i in range(10)))
             shared_hits = 0.0
+            streams = []
             for process in stack.extprocs:
                 text = (await client.get(f"http://127.0.0.1:{process.ports['metrics']}/metrics")).text
                 shared_hits += sample(text, "extproc_response_ids_shared_hits_total")
+                streams.append(sample(text, "extproc_streams_total"))
         assert all(len(set(instances)) == 1 for instances in results), results
-        assert shared_hits > 0  # some follow-ups were pinned from the other replica's record
+        # Some follow-ups were pinned from the other replica's record, where Envoy spread the streams over both
+        # (on a loaded machine it may send nearly all to one replica, whose own record then answers).
+        if min(streams) >= 0.2 * sum(streams):
+            assert shared_hits > 0, streams
 
 
 async def test_the_workflow_status_shows_the_identity_source(stack: Stack) -> None:
