@@ -30,6 +30,9 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in (
               lb_policy="LEAST_REQUEST"),
     Contender("prefix-aware", "ours", "our ext_proc, no workflow_metadata: prompt-prefix + load scorers"),
     Contender("workflow-aware", "ours", "our ext_proc, workflow_metadata: workflow affinity", metadata=True),
+    Contender("workflow-aware/read-all-streams", "ours", "our ext_proc, workflow_metadata, the observer reads "
+              "every stream's body (--observe-stream-bodies 1: exact usage, end at the last chunk)", metadata=True,
+              extproc_args=("--observe-stream-bodies", "1")),
     Contender("prefix-aware/cost-model", "ours", "our ext_proc, no workflow_metadata, builtin:cost-model",
               extproc_args=COST_MODEL),
     Contender("workflow-aware/cost-model", "ours", "our ext_proc, workflow_metadata, builtin:cost-model",
