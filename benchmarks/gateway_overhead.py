@@ -186,29 +186,39 @@ def _row(label: str, result: LoadResult) -> str:
             f"{result.percentile(0.99) * 1e3:>8.2f} {cpu:>12.0f}")
 
 
-def streams_section(run_dir: Path, connections: int, duration: float, report: dict[str, object]) -> None:
-    """ext_proc CPU per request for 16- and 256-token streams, the observer reading every body vs the sample."""
+def streams_section(run_dir: Path, connections: int, duration: float, report: dict[str, object],
+                    rounds: int = 1) -> None:
+    """ext_proc CPU per request for 16- and 256-token streams, the observer reading every body vs the sample;
+    with several rounds, the medians (a low request rate makes the per-request CPU figure noisy)."""
     names = ["vllm-1", "vllm-2", "vllm-3"]
     processes, backends = start_stream_backends(run_dir, names)
-    figures: dict[str, dict[str, float]] = {}
+    samples: dict[str, list[dict[str, float]]] = {}
     print(f"\n=== STREAMED RESPONSES (one SSE event per token, 1 ms apart; {connections} connections, {duration:g}s "
           "each) ===")
     print(f"{'gateway / observer':<34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>12}")
     try:
-        for tokens in (16, 256):
-            requests = stream_requests(tokens)
-            alone = measure_gateway(False, backends, requests, connections, duration, run_dir)
-            print(_row(f"{tokens} tokens, Envoy alone", alone))
-            for label, fraction in (("every body read", "1"), ("1 in 100 read (default)", "0.01"),
-                                    ("none read", "0")):
-                result = measure_gateway(True, backends, requests, connections, duration, run_dir,
-                                         extproc_args=("--observe-stream-bodies", fraction))
-                print(_row(f"{tokens} tokens, {label}", result))
-                figures[f"{tokens}/{fraction}"] = {"rate": result.rate, "cpu_us": result.extproc_cpu_us,
-                                                   "p50": result.percentile(0.5), "rate_alone": alone.rate}
+        for _ in range(rounds):
+            for tokens in (16, 256):
+                requests = stream_requests(tokens)
+                alone = measure_gateway(False, backends, requests, connections, duration, run_dir)
+                print(_row(f"{tokens} tokens, Envoy alone", alone))
+                for label, fraction in (("every body read", "1"), ("1 in 100 read (default)", "0.01"),
+                                        ("none read", "0")):
+                    result = measure_gateway(True, backends, requests, connections, duration, run_dir,
+                                             extproc_args=("--observe-stream-bodies", fraction))
+                    print(_row(f"{tokens} tokens, {label}", result))
+                    samples.setdefault(f"{tokens}/{fraction}", []).append({
+                        "rate": result.rate, "cpu_us": result.extproc_cpu_us, "p50": result.percentile(0.5),
+                        "rate_alone": alone.rate})
     finally:
         for process in processes:
             process.stop()
+    figures = {key: {name: statistics.median(r[name] for r in runs) for name in runs[0]}
+               for key, runs in samples.items()}
+    if rounds > 1:
+        print(f"medians of {rounds} rounds:")
+        for key, figure in figures.items():
+            print(f"  {key:<10} req/s {figure['rate']:>6.0f}  CPU us/req {figure['cpu_us']:>6.0f}")
     for fraction, label in (("1", "every body read"), ("0.01", "default"), ("0", "none read")):
         ratio = figures[f"256/{fraction}"]["cpu_us"] / figures[f"16/{fraction}"]["cpu_us"]
         print(f"ext_proc CPU per request, 256 / 16 tokens, {label}: {ratio:.2f}x")
@@ -446,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             backend_process.stop()
     if ns.streams:
-        streams_section(run_dir, 64, duration, report)
+        streams_section(run_dir, 64, duration, report, rounds)
 
     if ns.redis:
         print(f"\n=== ROUTING DECISION TIME BY STORE (awaited on an event loop; Redis at {ns.redis}) ===")
