@@ -203,12 +203,12 @@ def test_unknown_previous_response_is_routed_by_the_other_sources() -> None:
 
 def test_previous_response_on_a_gone_or_down_instance_is_a_clear_error() -> None:
     r = router()
-    r.director.response_ids.learn("resp_gone", "vllm-9", "resp:resp_gone", 0.0)  # removed from the fleet
+    r.director.response_ids.learn("resp_gone", "vllm-9", "resp:resp_gone", r.director.clock())  # removed from the fleet
     with pytest.raises(PreviousResponseUnavailable) as caught:
         send(r, {"input": "x", "previous_response_id": "resp_gone"})
     assert caught.value.status == 404 and caught.value.param == "previous_response_id"
     assert "vllm-9" in caught.value.message and "full input" in caught.value.message
-    r.director.response_ids.learn("resp_down", "vllm-2", "resp:resp_down", 0.0)
+    r.director.response_ids.learn("resp_down", "vllm-2", "resp:resp_down", r.director.clock())
     r.endpoints.set_healthy("vllm-2", False)
     with pytest.raises(PreviousResponseUnavailable) as caught:
         send(r, {"input": "x", "previous_response_id": "resp_down"})
