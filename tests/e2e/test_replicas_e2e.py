@@ -37,7 +37,12 @@ async def extproc_metrics(client: httpx.AsyncClient, stack: Stack, name: str) ->
 
 @pytest.fixture(scope="module")
 def replicated() -> Stack:
-    with Stack(stack_options(with_a2a=False, extproc_replicas=2, redis="private")) as stack:
+    # --batching-preference 1: no load-based moves. These tests are about replicas agreeing on a workflow's
+    # instance; a move by one replica reaches the other only at its next revalidation (docs: Several replicas),
+    # and 200 concurrent first requests can tip an instance past the default 16-request slack on a loaded
+    # machine (one CI run: 2 of 50 workflows split between two instances). Atomic moves: the first test below.
+    with Stack(stack_options(with_a2a=False, extproc_replicas=2, redis="private",
+                             extproc_args=("--batching-preference", "1"))) as stack:
         yield stack  # type: ignore[misc]
 
 
