@@ -71,6 +71,7 @@ DEFAULT_GRPC_PORT = 9002
 DEFAULT_METRICS_PORT = 9190
 DEFAULT_WORKFLOW_TTL_S = 3600.0
 DEFAULT_MAX_WORKFLOWS = 1000
+DEFAULT_STORE_TIMEOUT_S = 0.25
 DEFAULT_BATCHING_PREFERENCE = 0.8
 DEFAULT_BACKENDS = "vllm-1,vllm-2,vllm-3"
 DEFAULT_GRACE_S = 5.0
@@ -154,6 +155,7 @@ class Settings:
     keep_workflow_metadata: bool = False
     a2a_url: str | None = None
     store: str = "memory"
+    store_timeout: float = DEFAULT_STORE_TIMEOUT_S  # a Redis claim slower than this is decided locally
     kv_index: str = "local"
     lmcache_url: str | None = None
     lmcache_instance_map: str = ""
@@ -253,6 +255,8 @@ class Settings:
         self._validate_discovery()
         if not 0 <= self.observe_stream_bodies <= 1:
             raise ValueError("--observe-stream-bodies must be between 0 and 1")
+        if self.store_timeout <= 0:
+            raise ValueError("--store-timeout must be > 0")
         if self.response_id_ttl <= 0 or self.max_response_ids < 1:
             raise ValueError("--response-id-ttl must be > 0 and --max-response-ids >= 1")
         if self.identity_session_header.lower() != self.identity_session_header:
@@ -370,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--store", default=_env("store", "memory"),
         help="where workflow assignments live: 'memory' (this replica only) or redis://host:port/db (shared by "
         "all replicas; needs the [redis] extra)")
+    add("--store-timeout", type=float, default=_env("store-timeout", DEFAULT_STORE_TIMEOUT_S), metavar="SECONDS",
+        help="a shared-store (Redis) claim not answered within this is decided by this replica alone (counted in "
+        "extproc_registry_degraded_total); Redis is treated as down after 3 in a row")
     add("--kv-index", default=_env("kv-index", "local"), choices=["local", "lmcache"],
         help="prefix index of the fallback for requests without metadata: 'local' (learned from this server's "
         "decisions) or 'lmcache' (ask an LMCache controller which instance holds the longest cached prefix)")
@@ -510,6 +517,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         keep_workflow_metadata=ns.keep_workflow_metadata,
         a2a_url=ns.a2a_url or None,
         store=ns.store,
+        store_timeout=ns.store_timeout,
         kv_index=ns.kv_index,
         lmcache_url=ns.lmcache_url,
         lmcache_instance_map=ns.lmcache_instance_map,

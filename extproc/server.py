@@ -166,7 +166,7 @@ async def start(settings: Settings, reporter: Reporter | None = None) -> Running
     assignments = None
     if settings.store != "memory":
         assignments = RedisAssignments(settings.store, ttl=settings.workflow_ttl,
-                                       max_workflows=settings.max_workflows)
+                                       max_workflows=settings.max_workflows, timeout=settings.store_timeout)
     instances = [b.cluster for b in settings.backends]
     kv_index = build_kv_index(settings, instances)
     precise = build_precise_view(settings, instances)

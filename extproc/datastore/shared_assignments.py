@@ -29,6 +29,8 @@ from typing import cast
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from extproc.config import DEFAULT_STORE_TIMEOUT_S
+
 log = logging.getLogger("extproc.assignments")
 
 # KEYS[1] = workflow key, KEYS[2] = lru zset; ARGV = proposal, expected current ('' = must be absent), ttl,
@@ -44,7 +46,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return current
 """
 
-DEFAULT_TIMEOUT_S = 0.25
+DEFAULT_TIMEOUT_S = DEFAULT_STORE_TIMEOUT_S
 # A refused connection means Redis is down at once; timeouts only after this many in a row (a loaded machine
 # answers slowly now and then, and a false "down" splits the replicas' decisions for retry_after seconds).
 TIMEOUTS_TO_DEGRADE = 3
