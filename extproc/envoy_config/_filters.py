@@ -116,10 +116,10 @@ def _router_filter(options: EnvoyOptions) -> dict[str, Any]:
 
 
 def _observer_filter() -> dict[str, Any]:
-    # Sees each response end (load accounting) and its usage (cached tokens); Envoy does not wait for it. Its
-    # stream ends when the HTTP stream does: the end of a response whose body it does not see (streams, see
-    # _routes._observer_without_body), seen OBSERVER_CLOSE_DELAY_S late: Envoy holds an observability-mode stream
-    # open for deferred_close_timeout after the HTTP stream and drops what it did not deliver by then.
+    # Sees each response end (load accounting) and its usage (cached tokens); Envoy does not wait for it. Envoy
+    # holds an observability-mode stream open for deferred_close_timeout after the HTTP stream and drops what it
+    # did not deliver by then (OBSERVER_CLOSE_DELAY_S). A response whose body it does not see (streams, see
+    # _routes._observer_without_body) ends with its router stream (Director.router_ended).
     return {
         "name": OBSERVER_FILTER,
         "typed_config": {

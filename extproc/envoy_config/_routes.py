@@ -101,8 +101,8 @@ def _routed_route(options: EnvoyOptions, served_by: list[dict[str, Any]]) -> dic
 
 
 def _observer_without_body() -> dict[str, Any]:
-    """The observer's per-route mode on a stream's route: request and response headers, no response body (its
-    gRPC stream's end is the response's end: extproc/handlers/server.py), so a stream costs the observer the same
+    """The observer's per-route mode on a stream's route: request and response headers, no response body (the
+    router stream's end is the response's end: Director.router_ended), so a stream costs the observer the same
     few messages whatever its length."""
     return {OBSERVER_FILTER: {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",

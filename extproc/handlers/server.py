@@ -98,6 +98,9 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc] 
         finally:
             if stream.tail is not None:  # observer stream cut before the response ended (client reset)
                 self._finish(stream)
+            elif stream.request is not None and stream.request.route_id is not None:
+                # A router stream ends with its HTTP stream: the end of a stream whose body nobody reads.
+                self.director.router_ended(stream.request.route_id)
 
     # --- router stream -------------------------------------------------------------------------------------
     async def handle(self, message: pb.ProcessingRequest, stream: Stream) -> pb.ProcessingResponse:
@@ -247,9 +250,11 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc] 
             if message.response_headers.end_of_stream:
                 self._finish(stream)
             elif not stream.response.body_read:
-                # No body comes (a stream's route: stream_observation.py): its headers are the response's start,
-                # the end of this gRPC stream its end (Process's finally).
+                # No body comes (a stream's route: stream_observation.py): its headers are the response's start;
+                # its end is its router stream's end (Director.router_ended), which may already have come.
                 self.director.response_started(stream.response)
+                if self.director.bodyless_headers(stream.response):
+                    stream.tail = None
         elif kind == "response_body" and stream.tail is not None:
             if not stream.tail.data:
                 assert stream.response is not None
@@ -263,4 +268,5 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc] 
         tail, response = stream.tail, stream.response
         stream.tail = None
         assert tail is not None and response is not None
-        self.director.completed(response, tail.data)
+        if not response.done:  # an unread stream may have been completed by its router stream's end
+            self.director.completed(response, tail.data)

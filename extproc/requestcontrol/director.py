@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -55,7 +56,7 @@ from extproc.requestcontrol.fleet import MODELS_PATH, adapter_blocks, affinity_k
 from extproc.requestcontrol.identity import IdentityConfig, IdentityMetrics, chain_workflow, resolve
 from extproc.requestcontrol.passive_health import PassiveHealth
 from extproc.requestcontrol.priority import decayed, service, vllm_priority
-from extproc.requestcontrol.stream_observation import Estimate, StreamObservation, estimated_usage
+from extproc.requestcontrol.stream_observation import MAX_PENDING, Estimate, StreamObservation, estimated_usage
 from extproc.requestcontrol.types import Decision, Request, Response, RoutePlan
 from extproc.scheduling.framework import Scheduler, SchedulingRequest
 from extproc.usage import Usage, extract_usage
@@ -80,6 +81,12 @@ class PreciseView(Protocol):
 def trace_fields(traceparent: str | None) -> dict[str, str]:
     trace = parse_traceparent(traceparent) if traceparent is not None else None
     return trace.log_fields() if trace is not None else {}
+
+
+def _bounded_put(entries: OrderedDict[str, Any], key: str, value: Any) -> None:
+    entries[key] = value
+    if len(entries) > MAX_PENDING:
+        entries.popitem(last=False)
 
 
 class Director:
@@ -146,6 +153,11 @@ class Director:
                                            OBSERVE_BODY_HEADER})
         # Streams on the stream-idle routes reach the observer without their body unless marked (a sample).
         self.stream_observation = StreamObservation(settings.observe_stream_bodies, metrics.registry)
+        # Unread streams between their routing and their end: route id -> the observer's Response once it began
+        # (None before), and the route ids whose router stream already ended (their observer had not seen the
+        # response headers yet). Both bounded like the estimates (MAX_PENDING).
+        self._unread: OrderedDict[str, Response | None] = OrderedDict()
+        self._ended_early: OrderedDict[str, float] = OrderedDict()
 
     # --- router stream -------------------------------------------------------------------------------------
     def start(self, headers: Mapping[str, str]) -> Request:
@@ -246,6 +258,8 @@ class Director:
         observation = self.stream_observation
         if request.path == RESPONSES_PATH or observation.read_body():
             headers.append((OBSERVE_BODY_HEADER, "1"))
+        else:
+            _bounded_put(self._unread, route_id, None)
         if prompt_tokens:  # the prompt was read (prefix routing, a tokenizer): its cached share was predicted
             estimate = Estimate(prompt_tokens, max(0, prompt_tokens - round(prefill_tokens)), routing.max_tokens)
         else:  # routed on its metadata alone: the body's length stands in for the prompt's
@@ -399,10 +413,36 @@ class Director:
         route_id = headers.get(ROUTE_ID_HEADER)
         if route_id is not None:
             self.inflight.observe(route_id)
-        return Response(route_id, headers.get(self.cluster_header) or "", headers.get(WORKFLOW_ID_HEADER),
-                        headers.get(AGENT_ID_HEADER), headers.get("x-request-id", ""), started=self.clock(),
-                        path=headers.get(":path", "").partition("?")[0],
-                        body_read=STREAM_IDLE_HEADER not in headers or OBSERVE_BODY_HEADER in headers)
+        response = Response(route_id, headers.get(self.cluster_header) or "", headers.get(WORKFLOW_ID_HEADER),
+                            headers.get(AGENT_ID_HEADER), headers.get("x-request-id", ""), started=self.clock(),
+                            path=headers.get(":path", "").partition("?")[0],
+                            body_read=STREAM_IDLE_HEADER not in headers or OBSERVE_BODY_HEADER in headers)
+        if route_id is not None and route_id in self._unread:
+            self._unread[route_id] = response
+        return response
+
+    def router_ended(self, route_id: str) -> None:
+        """A router stream ended, i.e. its HTTP stream did. For a stream whose body the observer does not read
+        that is the response's end: complete it now, or when its observer has seen the response headers."""
+        if route_id not in self._unread:
+            return
+        response = self._unread[route_id]
+        if response is not None and response.status:
+            del self._unread[route_id]
+            self.completed(response, b"", self.clock())
+        else:
+            _bounded_put(self._ended_early, route_id, self.clock())
+
+    def bodyless_headers(self, response: Response) -> bool:
+        """The observer saw an unread stream's response headers: True when its router stream had already ended
+        (it is completed here, as of that end)."""
+        route_id = response.route_id
+        ended = self._ended_early.pop(route_id, None) if route_id is not None else None
+        if ended is None:
+            return False
+        self._unread.pop(route_id, None)  # type: ignore[arg-type]
+        self.completed(response, b"", ended)
+        return True
 
     def response_started(self, response: Response, first_chunk: bytes = b"") -> None:
         """The response's first bytes: its prompt has been computed (a streamed response's first token)."""
@@ -412,8 +452,11 @@ class Director:
             self.learn_response_id(response, first_chunk)
 
     def _wall(self, response: Response) -> float:
-        """The response's wall duration: a stream whose body the observer did not read ended when its observer
-        stream did, which Envoy closes ``OBSERVER_CLOSE_DELAY_S`` after the HTTP stream."""
+        """The response's wall duration: to its router stream's end for an unread stream (``ended_at``), else
+        to now; an unread stream completed by its observer stream's end instead (the router stream ended on
+        another replica) ended ``OBSERVER_CLOSE_DELAY_S`` before (Envoy's deferred close)."""
+        if response.ended_at is not None:
+            return max(0.0, response.ended_at - response.started)
         wall = self.clock() - response.started
         return wall if response.body_read else max(0.0, wall - OBSERVER_CLOSE_DELAY_S)
 
@@ -456,10 +499,17 @@ class Director:
         if self.shared_response_ids is not None:
             self.shared_response_ids.publish(response_id, instance, workflow_id)
 
-    def completed(self, response: Response, body_tail: bytes) -> None:
-        """The response ended (or the stream was cut): release, check health, count usage, report."""
+    def completed(self, response: Response, body_tail: bytes, ended: float | None = None) -> None:
+        """The response ended (or the stream was cut): release, check health, count usage, report. ``ended``:
+        when an unread stream's router stream ended (its end), if before now."""
+        response.done = True
+        if ended is not None:
+            response.ended_at = ended
         if response.route_id is not None:
             self.inflight.finish(response.route_id)
+            if not response.body_read:
+                self._unread.pop(response.route_id, None)
+                self._ended_early.pop(response.route_id, None)
         if response.response_id is None and response.path == RESPONSES_PATH and whole_response(body_tail):
             self.learn_response_id(response, body_tail)  # a JSON body the first chunk did not carry whole
         reported = extract_usage(body_tail) if response.status == 200 else None

@@ -2,10 +2,12 @@
 
 A streamed response sends one SSE event per token, and each reaches an observer that reads the body as one gRPC
 message into Python: the observer's cost would grow with output tokens. So streams on the stream-idle routes
-reach it without their body (``extproc/envoy_config/_routes.py``): request headers, response headers, then the
-end of its gRPC stream, which is the end of the response. What the body carried is then known otherwise:
+reach it without their body (``extproc/envoy_config/_routes.py``): request headers and response headers. What the
+body carried is then known otherwise:
 
-- *The end* (in-flight count, passive health, the deadline learner): the observer stream's end.
+- *The end* (in-flight count, passive health, the deadline learner): the end of the request's router stream,
+  which Envoy closes with the HTTP stream (``Director.router_ended``; the observer stream's own end, 1 s later,
+  stands in where the router stream ran on another replica).
 - *The prefill done* (the cost model's queued prefill): the response headers (a stream's headers leave before
   its first token, so the queue ahead of later requests is under-counted by the prefill time of such a stream).
 - *Usage*: estimated. Prompt and cached tokens as the router predicted them when it chose the instance (its

@@ -72,4 +72,6 @@ class Response:
     started: float = 0.0  # the director's clock when the request went upstream (its observed wall duration)
     path: str = ""  # the request's path (a Responses-API response's id is learned: datastore/response_ids.py)
     response_id: str | None = None  # once learned
-    body_read: bool = True  # False: a stream whose body the observer does not see (its end is the stream's end)
+    body_read: bool = True  # False: a stream whose body the observer does not see (its end: Director.router_ended)
+    done: bool = False  # completed (Director.completed ran)
+    ended_at: float | None = None  # an unread stream: when its router stream (its HTTP stream) ended
