@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 __all__ = ["BadRequestError", "EngineStoppedError", "SimulatorError"]
 
 
@@ -29,3 +32,13 @@ class EngineStoppedError(SimulatorError):
 
     status = 503
     type = "service_unavailable"
+
+
+def bool_field(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    """A boolean request field (``default`` when absent or null); a 400 naming it otherwise."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadRequestError(f"'{name}' must be a boolean", name)
+    return value

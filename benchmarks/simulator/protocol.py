@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from .engine import DEFAULT_MAX_TOKENS
-from .errors import BadRequestError
+from .errors import BadRequestError, bool_field
 from .responses import scripted_tool_call
 from .tokenizer import apply_chat_template, encode, pieces
 
@@ -190,15 +190,6 @@ def parse_chat(body: Any) -> ParsedRequest:
     )
 
 
-def _flag(body: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise BadRequestError(f"'{name}' must be a boolean", name)
-    return value
-
-
 def parse_tokenize(body: Any) -> tuple[list[int], list[str] | None]:
     """``POST /tokenize`` body -> ``(token ids, token strings or None)``, as vLLM accepts it
     (``vllm/entrypoints/openai/protocol.py``): ``TokenizeCompletionRequest`` ``{"model", "prompt",
@@ -207,14 +198,14 @@ def parse_tokenize(body: Any) -> tuple[list[int], list[str] | None]:
     tokenizer adds no special tokens either way (it has no BOS: the chat template writes it). Raises
     :class:`BadRequestError`."""
     b = _common(body)
-    with_strs = _flag(b, "return_token_strs", False)
-    _flag(b, "add_special_tokens", True)
+    with_strs = bool_field(b, "return_token_strs", False)
+    bool_field(b, "add_special_tokens", True)
     if "messages" in b:
         messages = b.get("messages")
         if not isinstance(messages, list):
             raise BadRequestError("'messages' must be a list", "messages")
-        generation = _flag(b, "add_generation_prompt", True)
-        if generation and _flag(b, "continue_final_message", False):
+        generation = bool_field(b, "add_generation_prompt", True)
+        if generation and bool_field(b, "continue_final_message", False):
             raise BadRequestError(
                 "Cannot set both `continue_final_message` and `add_generation_prompt` to True.", "messages"
             )

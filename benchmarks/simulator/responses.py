@@ -54,7 +54,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from .engine import DEFAULT_MAX_TOKENS, EngineRequest, SeqState
-from .errors import BadRequestError, SimulatorError
+from .errors import BadRequestError, SimulatorError, bool_field
 from .tokenizer import apply_chat_template, encode
 
 if TYPE_CHECKING:
@@ -141,15 +141,6 @@ def _positive(body: dict[str, Any], name: str, default: int | None) -> int | Non
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BadRequestError(f"'{name}' must be a positive integer", name)
-    return value
-
-
-def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise BadRequestError(f"'{name}' must be a boolean", name)
     return value
 
 
@@ -265,9 +256,9 @@ async def create_response(sim: SimInstance, store: ResponseStore, request: Reque
         instructions = _optional_str(body, "instructions")
         previous = _optional_str(body, "previous_response_id")
         model = _optional_str(body, "model") or sim.config.model_name
-        stream = _flag(body, "stream", False)
-        stored = _flag(body, "store", True) and store.enabled
-        if _flag(body, "background", False):
+        stream = bool_field(body, "stream", False)
+        stored = bool_field(body, "store", True) and store.enabled
+        if bool_field(body, "background", False):
             raise BadRequestError("the simulator does not run background responses", "background")
         max_tokens = _positive(body, "max_output_tokens", DEFAULT_MAX_TOKENS) or DEFAULT_MAX_TOKENS
         # vLLM: finish_reason "length" -> status "incomplete". The simulated model stops only at its token
@@ -428,7 +419,7 @@ async def create_message(sim: SimInstance, request: Request) -> Response:
         if max_tokens is None:
             raise BadRequestError("'max_tokens' is required", "max_tokens")
         messages = anthropic_messages(body)
-        stream = _flag(body, "stream", False)
+        stream = bool_field(body, "stream", False)
     except BadRequestError as exc:
         sim.totals.rejected += 1
         return _anthropic_error(exc.status, exc.message)
