@@ -1,10 +1,25 @@
-"""Gateway overhead: Envoy with our ext_proc filters vs the same Envoy without them, side by side in one run.
+"""Gateway overhead: Envoy with our ext_proc filters vs the same Envoy without them, and vllm-router, in one run.
 
 Backends are a second Envoy answering a fixed completion JSON (``direct_response``), so the gateway, not the
-backend, is the bottleneck. The same closed-loop load generator drives both gateways with the same requests
-(each carries ``workflow_metadata``; ext_proc parses it, routes, strips it). Then the in-process routing
-decision time (parse + route + build the answer, via the servicer's synchronous core) is measured at 1k,
-10k and 100k active workflows.
+backend, is the bottleneck. The same closed-loop load generator drives every gateway with the same requests
+(each carries ``workflow_metadata``; ext_proc parses it, routes, strips it), alternated in each round: Envoy
+alone, Envoy + ext_proc (with and without the stream observer filter), and vllm-router (the ``vllm-router`` PyPI
+binary, ``benchmarks/peers.py``) with its ``cache_aware`` and ``round_robin`` policies in front of the same
+backends; a row says "skipped" when vllm-router is not installed. vllm-router's ``cache_aware`` asks every worker
+for the prompt's token ids on each request (``/v1/completions/render``, then vLLM's ``/tokenize``): the fixed
+backends answer ``/render`` 404 and ``/tokenize`` a vLLM TokenizeResponse, as the simulator does, so it routes
+on token ids; the bench prints the backend requests each gateway caused per request, and warns on non-200
+answers and on what vllm-router's log (WARN/ERROR) and metrics (failed circuit-breaker outcomes, requests routed
+without token ids) report. Per gateway: req/s, p50/p99 latency, and the CPU time per request of all its
+processes (Envoy + ext_proc, or vllm-router), with the ext_proc's own line.
+
+Then each gateway but the no-observer one again, open loop at one fixed rate, half the Envoy + ext_proc
+saturation rate just measured (``benchmarks/loadgen.py`` ``run_open_loop``: requests on a fixed schedule over
+the same number of connections, latency from each request's scheduled send time so that queueing is not hidden;
+late and dropped requests counted): p50/p99 per gateway, and what Envoy + ext_proc adds over Envoy alone.
+
+The in-process routing decision time (parse + route + build the answer, via the servicer's synchronous core) is
+measured at 1k, 10k and 100k active workflows.
 
 Streamed responses (``--streams``): a streaming backend (``benchmarks/stream_backend.py``, one SSE event per token)
 behind the same gateway, 16- and 256-token streams, with the observer reading every stream's body (as before
@@ -13,27 +28,36 @@ time per request (``/proc/<pid>/stat``, less its idle CPU rate measured just bef
 prompts (``--long-prompts``): 2 KB and 400 KB prompts at low
 concurrency, the added p50/p99 over Envoy alone.
 
-Prints figures; asserts nothing. ``--quick`` runs a few seconds (used by ``make test``).
+Prints figures; asserts nothing. ``--quick`` runs a few seconds per measurement (``make test`` runs it with
+``--duration 0.5``: tests/e2e/test_benchmarks_quick.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import random
+import re
 import statistics
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import orjson
 import yaml
 
-from benchmarks.loadgen import LoadResult, http_request, run_load
+from benchmarks.loadgen import LoadResult, http_request, run_load, run_open_loop
+from benchmarks.peers import prefix_decisions, start_vllm_router, vllm_router_binary
+from benchmarks.simulator.protocol import tokenize_response
+from benchmarks.simulator.tokenizer import encode
 from benchmarks.stack import Process, Stack, StackOptions, envoy_binary, spawn
 
 T = TypeVar("T")
@@ -44,6 +68,19 @@ FIXED_COMPLETION = orjson.dumps({
     "usage": {"prompt_tokens": 64, "completion_tokens": 1, "total_tokens": 65,
               "prompt_tokens_details": {"cached_tokens": 48}},
 }).decode()
+
+
+def _prompt(agent: int, workflow: int) -> str:
+    return f"Agent {agent} of workflow {workflow}: " + "summarize the quarterly figures. " * 20
+
+
+# vllm-router's cache_aware asks a worker for the prompt's token ids (POST /v1/completions/render, then vLLM's
+# POST /tokenize; see benchmarks/peers.py). The fixed backends answer as the simulator does: /render 404, /tokenize
+# vLLM's TokenizeResponse (vllm/entrypoints/openai/protocol.py: count, max_model_len, tokens, token_strs), here
+# the simulator's ids for one prompt of make_requests(): the same ids for every request, so its radix tree
+# matches the whole prompt on one worker (a fixed response cannot depend on the request).
+FIXED_TOKENIZE = orjson.dumps(tokenize_response(encode(_prompt(0, 0)), None, 8192)).decode()
+NOT_FOUND = '{"detail":"Not Found"}'
 
 
 def _fixed_backend_config(names: list[str]) -> dict[str, object]:
@@ -58,10 +95,14 @@ def _fixed_backend_config(names: list[str]) -> dict[str, object]:
                     "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
                     "HttpConnectionManager",
                     "stat_prefix": name,
-                    "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": [{
-                        "match": {"prefix": "/"},
-                        "direct_response": {"status": 200, "body": {"inline_string": FIXED_COMPLETION}},
-                    }], "response_headers_to_add": [
+                    "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": [
+                        {"match": {"path": "/tokenize"},
+                         "direct_response": {"status": 200, "body": {"inline_string": FIXED_TOKENIZE}}},
+                        {"match": {"path": "/v1/completions/render"},
+                         "direct_response": {"status": 404, "body": {"inline_string": NOT_FOUND}}},
+                        {"match": {"prefix": "/"},
+                         "direct_response": {"status": 200, "body": {"inline_string": FIXED_COMPLETION}}},
+                    ], "response_headers_to_add": [
                         {"header": {"key": "content-type", "value": "application/json"}}]}]},
                     "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
@@ -73,8 +114,6 @@ def _fixed_backend_config(names: list[str]) -> dict[str, object]:
 
 
 def start_fixed_backends(run_dir: Path, names: list[str]) -> tuple[Process, dict[str, int]]:
-    import httpx
-
     config = run_dir / "fixed-backends.yaml"
     config.write_text(yaml.safe_dump(_fixed_backend_config(names)))
     admin_path = run_dir / "fixed-admin"
@@ -103,7 +142,7 @@ def make_requests(workflows: int, seed: int = 0) -> list[bytes]:
         workflow = rng.randrange(workflows)
         body = orjson.dumps({
             "model": "meta-llama/Llama-3.1-8B-Instruct",
-            "prompt": f"Agent {i % 5} of workflow {workflow}: " + "summarize the quarterly figures. " * 20,
+            "prompt": _prompt(i % 5, workflow),
             "max_tokens": 16,
             "workflow_metadata": {"workflow_id": f"wf-{workflow}", "agent_id": f"agent-{i % 5}"},
         })
@@ -112,6 +151,8 @@ def make_requests(workflows: int, seed: int = 0) -> list[bytes]:
 
 
 IDLE_SAMPLE_S = 2.0
+LATE_AFTER_S = 0.002  # open loop: a request sent later than this behind its schedule counts as late
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -120,30 +161,126 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure_gateway(ext_proc: bool, backends: dict[str, int], requests: list[bytes], connections: int,
-                    duration: float, run_dir: Path, replicas: int = 1, redis: str | None = None,
-                    observer: bool = True, extproc_args: tuple[str, ...] = ()) -> LoadResult:
-    """A closed-loop run; with the ext_proc, ``result.extproc_cpu_us`` = its CPU microseconds per request."""
+@dataclass
+class Gateway:
+    """A running gateway under test: where it listens and which processes are it."""
+
+    label: str
+    port: int
+    proxy_pids: list[int]  # every process of the gateway: Envoy and its ext_proc replicas, or vllm-router
+    extproc_pids: list[int] = field(default_factory=list)
+    router: Process | None = None  # vllm-router: its log and metrics are checked after a run
+    metrics_url: str | None = None
+    backend_calls: Callable[[], int] | None = None  # requests the backends have answered so far
+
+
+@contextlib.contextmanager
+def envoy_gateway(ext_proc: bool, backends: dict[str, int], run_dir: Path, replicas: int = 1,
+                  redis: str | None = None, observer: bool = True,
+                  extproc_args: tuple[str, ...] = ()) -> Iterator[Gateway]:
     options = StackOptions(listen_port=0, admin_port=0, with_a2a=False, external_backends=backends,
                            ext_proc_enabled=ext_proc, envoy_concurrency=1, log_level="warning",
                            extproc_replicas=replicas, redis=redis, observer=observer, extproc_args=extproc_args,
                            run_dir=run_dir / (f"extproc-x{replicas}" if ext_proc else "without-extproc"))
     with Stack(options) as stack:
-        def make(i: int) -> bytes:
-            return requests[i % len(requests)]
-        asyncio.run(run_load("127.0.0.1", stack.listen_port, make, connections=connections, duration=1.0))  # warm
-        pids = [p.popen.pid for p in stack.extprocs] if ext_proc else []
-        # Its CPU while idle (backend polls, reports) is not the requests' cost: measured first, subtracted.
-        idle_started, idle_before = time.perf_counter(), sum(process_cpu_seconds(pid) for pid in pids)
-        time.sleep(IDLE_SAMPLE_S if pids else 0)
-        idle_rate = (sum(process_cpu_seconds(pid) for pid in pids) - idle_before) / (
-            time.perf_counter() - idle_started)
-        cpu_before = sum(process_cpu_seconds(pid) for pid in pids)
-        result = asyncio.run(run_load("127.0.0.1", stack.listen_port, make, connections=connections,
-                                      duration=duration))
-        cpu = sum(process_cpu_seconds(pid) for pid in pids) - cpu_before - idle_rate * result.duration
-        result.extproc_cpu_us = cpu / result.completed * 1e6 if pids and result.completed else float("nan")
-        return result
+        assert stack.envoy is not None
+        extprocs = [p.popen.pid for p in stack.extprocs] if ext_proc else []
+        yield Gateway("Envoy + ext_proc" if ext_proc else "Envoy alone", stack.listen_port,
+                      [stack.envoy.popen.pid, *extprocs], extprocs)
+
+
+@contextlib.contextmanager
+def vllm_router_gateway(binary: str, policy: str, backends: dict[str, int], run_dir: Path) -> Iterator[Gateway]:
+    """``vllm-router --policy policy`` (benchmarks/peers.py starts it) over the same fixed-response backends."""
+    workers = [f"http://127.0.0.1:{port}" for port in backends.values()]
+    process, url, metrics_url = start_vllm_router(binary, policy, workers, run_dir)
+    try:
+        yield Gateway(f"vllm-router {policy}", int(url.rpartition(":")[2]), [process.popen.pid], router=process,
+                      metrics_url=metrics_url)
+    finally:
+        process.stop()
+
+
+def _load_input(requests: list[bytes]) -> Callable[[int], bytes]:
+    def make(i: int) -> bytes:
+        return requests[i % len(requests)]
+    return make
+
+
+def closed_loop(gateway: Gateway, requests: list[bytes], connections: int, duration: float,
+                warm: float = 1.0, idle_sample: float = IDLE_SAMPLE_S) -> tuple[LoadResult, float]:
+    """A closed-loop run and the backend requests per request it caused (nan unless ``gateway.backend_calls``).
+    ``result.extproc_cpu_us`` = the ext_proc's CPU microseconds per request (less its idle rate),
+    ``result.proxy_cpu_us`` = that of all the gateway's processes (Envoy's and vllm-router's idle CPU is
+    negligible and not subtracted)."""
+    make = _load_input(requests)
+    asyncio.run(run_load("127.0.0.1", gateway.port, make, connections=connections, duration=warm))
+    pids = gateway.extproc_pids
+    # Its CPU while idle (backend polls, reports) is not the requests' cost: measured first, subtracted.
+    idle_started, idle_before = time.perf_counter(), sum(process_cpu_seconds(pid) for pid in pids)
+    time.sleep(idle_sample if pids else 0)
+    idle_rate = (sum(process_cpu_seconds(pid) for pid in pids) - idle_before) / (
+        time.perf_counter() - idle_started)
+    cpu_before = sum(process_cpu_seconds(pid) for pid in pids)
+    proxy_before = sum(process_cpu_seconds(pid) for pid in gateway.proxy_pids)
+    calls_before = gateway.backend_calls() if gateway.backend_calls else 0
+    result = asyncio.run(run_load("127.0.0.1", gateway.port, make, connections=connections, duration=duration))
+    calls = gateway.backend_calls() - calls_before if gateway.backend_calls else float("nan")
+    idle = idle_rate * result.duration
+    cpu = sum(process_cpu_seconds(pid) for pid in pids) - cpu_before - idle
+    proxy = sum(process_cpu_seconds(pid) for pid in gateway.proxy_pids) - proxy_before - idle
+    if result.completed:
+        result.extproc_cpu_us = cpu / result.completed * 1e6 if pids else float("nan")
+        result.proxy_cpu_us = proxy / result.completed * 1e6
+    return result, calls / result.completed if result.completed else float("nan")
+
+
+def open_loop(gateway: Gateway, requests: list[bytes], connections: int, duration: float, rate: float,
+              warm: float = 1.0) -> LoadResult:
+    """``rate`` requests per second on a fixed schedule (latency from the scheduled time: see loadgen)."""
+    make = _load_input(requests)
+    asyncio.run(run_load("127.0.0.1", gateway.port, make, connections=connections, duration=warm))
+    return asyncio.run(run_open_loop("127.0.0.1", gateway.port, make, rate=rate, duration=duration,
+                                     connections=connections, late_after=LATE_AFTER_S))
+
+
+def measure_gateway(ext_proc: bool, backends: dict[str, int], requests: list[bytes], connections: int,
+                    duration: float, run_dir: Path, replicas: int = 1, redis: str | None = None,
+                    observer: bool = True, extproc_args: tuple[str, ...] = ()) -> LoadResult:
+    """A closed-loop run through Envoy, with or without the ext_proc (see :func:`closed_loop`)."""
+    with envoy_gateway(ext_proc, backends, run_dir, replicas, redis, observer, extproc_args) as gateway:
+        return closed_loop(gateway, requests, connections, duration)[0]
+
+
+def vllm_router_problems(gateway: Gateway) -> list[str]:
+    """What vllm-router reported wrong during a run: WARN/ERROR lines of its log, non-success circuit-breaker
+    outcomes, requests routed without token ids (``missing_tokens``: its /tokenize calls failed)."""
+    problems = []
+    assert gateway.router is not None
+    log = gateway.router.log_path.read_text(errors="replace")[gateway.router.log_offset:]
+    bad_lines = [line for line in log.splitlines() if re.search(r"\b(WARN|ERROR)\b", line)]
+    if bad_lines:
+        problems.append(f"{len(bad_lines)} WARN/ERROR log lines, last: {_ANSI.sub('', bad_lines[-1])[:200]}")
+    if gateway.metrics_url:
+        try:
+            text = httpx.get(gateway.metrics_url, timeout=5).text
+        except httpx.HTTPError as exc:
+            return [*problems, f"metrics unreadable: {exc}"]
+        for line in text.splitlines():
+            if (line.startswith("vllm_router_cb_outcomes_total{") and 'outcome="success"' not in line
+                    and float(line.rpartition(" ")[2])):
+                problems.append(line)
+        missing = prefix_decisions(text).get("missing_tokens", 0.0)
+        if missing:
+            problems.append(f"{missing:.0f} requests routed with no token ids (missing_tokens)")
+    return problems
+
+
+def backend_requests(run_dir: Path) -> int:
+    """Requests the fixed-response backends have answered so far (their Envoy's listener stats)."""
+    admin = "http://" + (run_dir / "fixed-admin").read_text().strip()
+    stats = httpx.get(f"{admin}/stats", params={"filter": r"^http\.vllm-\d+\.downstream_rq_total$"}, timeout=5).text
+    return sum(int(line.rpartition(":")[2]) for line in stats.splitlines() if line.strip())
 
 
 def start_stream_backends(run_dir: Path, names: list[str]) -> tuple[list[Process], dict[str, int]]:
@@ -241,6 +378,152 @@ def long_prompts_section(backends: dict[str, int], run_dir: Path, duration: floa
         print(f"{size // 1000} KB: added p50 {added[0] * 1e3:.2f} ms, p99 {added[1] * 1e3:.2f} ms")
         figures[str(size)] = {"added_p50": added[0], "added_p99": added[1], "cpu_us": with_.extproc_cpu_us}
     report["long_prompts"] = figures
+
+
+ROUTER_POLICIES = ("cache_aware", "round_robin")
+
+
+def _median_p(results: list[LoadResult]) -> tuple[float, float]:
+    return (statistics.median(r.percentile(0.5) for r in results),
+            statistics.median(r.percentile(0.99) for r in results))
+
+
+def _warn_bad(label: str, result: LoadResult) -> None:
+    bad = sum(v for k, v in result.statuses.items() if k != 200) + result.errors
+    if bad:
+        print(f"  warning: {label}: {bad} non-200 responses {dict(result.statuses)}, {result.errors} errors")
+
+
+def overhead_section(ns: argparse.Namespace, names: list[str], requests: list[bytes], duration: float, rounds: int,
+                     run_dir: Path, report: dict[str, object]) -> None:
+    """Envoy alone, Envoy + ext_proc (with and without the observer filter) and vllm-router (cache_aware,
+    round_robin) over the same fixed-response backends, alternated in each round: closed loop (saturation), then
+    open loop at half the Envoy + ext_proc saturation rate."""
+    warm = 0.1 if ns.quick else 1.0
+    binary = vllm_router_binary()
+    backend_process, backends = start_fixed_backends(run_dir, names)
+    GatewayFactory = Callable[[], contextlib.AbstractContextManager[Gateway]]
+    gateways: dict[str, GatewayFactory] = {
+        "Envoy alone": lambda: envoy_gateway(False, backends, run_dir),
+        "Envoy + ext_proc": lambda: envoy_gateway(True, backends, run_dir),
+        "Envoy + ext_proc, no obs.": lambda: envoy_gateway(True, backends, run_dir, observer=False),
+    }
+    if binary is not None:
+        for policy in ROUTER_POLICIES:
+            gateways[f"vllm-router {policy}"] = functools.partial(vllm_router_gateway, binary, policy, backends,
+                                                                  run_dir)
+    closed: dict[str, list[LoadResult]] = {label: [] for label in gateways}
+    backend_calls: dict[str, list[float]] = {label: [] for label in gateways}
+    problems: dict[str, list[str]] = {}
+    opened: dict[str, list[LoadResult]] = {}
+    fixed_rate = float("nan")
+    try:
+        for _ in range(rounds):  # alternate so drifts in machine load hit all sides alike
+            for label, factory in gateways.items():
+                with factory() as gateway:
+                    gateway.backend_calls = functools.partial(backend_requests, run_dir)
+                    result, calls = closed_loop(gateway, requests, ns.connections, duration, warm,
+                                                idle_sample=0.3 if ns.quick else IDLE_SAMPLE_S)
+                    found = vllm_router_problems(gateway) if gateway.router is not None else []
+                closed[label].append(result)
+                backend_calls[label].append(calls)
+                if found:
+                    problems.setdefault(label, []).extend(found)
+                _warn_bad(label, result)
+        # The same rate for every gateway, so their latencies compare: half of what Envoy + ext_proc sustains.
+        fixed_rate = statistics.median(r.rate for r in closed["Envoy + ext_proc"]) / 2
+        open_labels = [label for label in gateways if label != "Envoy + ext_proc, no obs."]
+        opened = {label: [] for label in open_labels}
+        if fixed_rate > 0:
+            for _ in range(rounds):
+                for label in open_labels:
+                    with gateways[label]() as gateway:
+                        result = open_loop(gateway, requests, ns.connections, duration, fixed_rate, warm)
+                        found = vllm_router_problems(gateway) if gateway.router is not None else []
+                    opened[label].append(result)
+                    if found:
+                        problems.setdefault(label, []).extend(found)
+                    _warn_bad(f"{label} (fixed rate)", result)
+    finally:
+        backend_process.stop()
+    for label, found in problems.items():
+        for problem in dict.fromkeys(found):
+            print(f"  warning: {label}: {problem}")
+
+    print("=== GATEWAY OVERHEAD (Envoy --concurrency 1, fixed-response backends, "
+          f"{ns.connections} connections, {duration:g}s x {rounds} rounds) ===")
+    print(f"{'gateway':<26} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU us/req':>17}")
+    figures: dict[str, dict[str, float]] = {}
+    for label, results in closed.items():
+        p50, p99 = _median_p(results)
+        figures[label] = {"rate": statistics.median(r.rate for r in results), "p50": p50, "p99": p99,
+                          "proxy_cpu_us": statistics.median(r.proxy_cpu_us for r in results),
+                          "backend_requests_per_request": statistics.median(backend_calls[label])}
+    rows = list(figures) if binary else [*figures, *(f"vllm-router {policy}" for policy in ROUTER_POLICIES)]
+    for label in rows:
+        if label not in figures:
+            print(f"{label:<26} skipped: vllm-router not installed (pip install -e '.[bench]')")
+            continue
+        figure = figures[label]
+        print(f"{label:<26} {figure['rate']:>9.0f} {figure['p50'] * 1e3:>8.2f} {figure['p99'] * 1e3:>8.2f} "
+              f"{figure['proxy_cpu_us']:>17.0f}")
+    rate_without, rate_with = figures["Envoy alone"]["rate"], figures["Envoy + ext_proc"]["rate"]
+    rate_router = figures["Envoy + ext_proc, no obs."]["rate"]
+    cpu_with = statistics.median(r.extproc_cpu_us for r in closed["Envoy + ext_proc"])
+    print(f"ext_proc CPU per request: {cpu_with:.0f} us (proxy CPU: the gateway's processes, Envoy's included)")
+    ratio = rate_with / rate_without if rate_without else float("nan")
+    print(f"rate ratio (with / without): {ratio:.2f}x; without the observer filter: "
+          f"{rate_router / rate_without if rate_without else float('nan'):.2f}x")
+    versus: dict[str, float] = {}
+    for policy in ROUTER_POLICIES if binary else ():
+        peer = figures[f"vllm-router {policy}"]
+        versus[policy] = rate_with / peer["rate"] if peer["rate"] else float("nan")
+        print(f"Envoy + ext_proc / vllm-router {policy}: {versus[policy]:.2f}x (req/s)")
+    if binary:
+        per = figures["vllm-router cache_aware"]["backend_requests_per_request"]
+        print(f"backend requests per request: vllm-router cache_aware {per:.1f} (it asks every worker for token "
+              f"ids: /v1/completions/render, 404, then /tokenize), round_robin "
+              f"{figures['vllm-router round_robin']['backend_requests_per_request']:.1f}, "
+              f"Envoy + ext_proc {figures['Envoy + ext_proc']['backend_requests_per_request']:.1f}")
+    report.update(rate_without=rate_without, rate_with=rate_with, ratio=ratio,
+                  p_without=(figures["Envoy alone"]["p50"], figures["Envoy alone"]["p99"]),
+                  p_with=(figures["Envoy + ext_proc"]["p50"], figures["Envoy + ext_proc"]["p99"]),
+                  extproc_cpu_us=cpu_with, rate_router_only=rate_router,
+                  p_router_only=(figures["Envoy + ext_proc, no obs."]["p50"],
+                                 figures["Envoy + ext_proc, no obs."]["p99"]),
+                  gateways=figures, vllm_router_problems=problems,
+                  vllm_router=({policy: figures[f"vllm-router {policy}"] for policy in ROUTER_POLICIES} if binary
+                               else "skipped: vllm-router not installed"),
+                  ratio_with_over_vllm_router=versus)
+
+    print(f"\n=== FIXED RATE {fixed_rate:.0f} req/s = half the Envoy + ext_proc saturation rate (open loop over "
+          f"{ns.connections} connections, latency from each request's scheduled send; {duration:g}s x {rounds} "
+          "rounds) ===")
+    if not opened:
+        print("skipped: no Envoy + ext_proc saturation rate")
+        return
+    print(f"{'gateway':<26} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'late':>7} {'dropped':>8}")
+    fixed: dict[str, dict[str, float]] = {}
+    for label, results in opened.items():
+        p50, p99 = _median_p(results)
+        fixed[label] = {"rate": statistics.median(r.rate for r in results), "p50": p50, "p99": p99,
+                        "scheduled": sum(r.scheduled for r in results), "late": sum(r.late for r in results),
+                        "dropped": sum(r.dropped for r in results),
+                        "send_lag_p50": statistics.median(
+                            statistics.median(r.send_lags) if r.send_lags else float("nan") for r in results)}
+        figure = fixed[label]
+        print(f"{label:<26} {figure['rate']:>9.0f} {p50 * 1e3:>8.2f} {p99 * 1e3:>8.2f} {figure['late']:>7.0f} "
+              f"{figure['dropped']:>8.0f}")
+    if not binary:
+        for policy in ROUTER_POLICIES:
+            print(f"{'vllm-router ' + policy:<26} skipped: vllm-router not installed")
+    added = (fixed["Envoy + ext_proc"]["p50"] - fixed["Envoy alone"]["p50"],
+             fixed["Envoy + ext_proc"]["p99"] - fixed["Envoy alone"]["p99"])
+    print(f"Envoy + ext_proc over Envoy alone: added p50 {added[0] * 1e3:.2f} ms, p99 {added[1] * 1e3:.2f} ms")
+    lag = statistics.median(figure["send_lag_p50"] for figure in fixed.values())
+    print(f"(late: sent > {LATE_AFTER_S * 1e3:g} ms behind schedule, of {fixed['Envoy alone']['scheduled']:.0f} "
+          f"per gateway; the load generator's median send lag {lag * 1e3:.2f} ms is in every latency alike)")
+    report["fixed_rate"] = {"rate": fixed_rate, "gateways": fixed, "added_p50": added[0], "added_p99": added[1]}
 
 
 def _drive(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -364,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="a few seconds per measurement")
     parser.add_argument("--duration", type=float, default=None, help="seconds of load per gateway")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=None, help="alternate the two gateways this many times")
+    parser.add_argument("--rounds", type=int, default=None, help="alternate the gateways this many times")
     parser.add_argument("--redis", default=None,
                         help="redis:// URL: also time routing decisions with the Redis store vs memory")
     parser.add_argument("--replicas-compare", action="store_true",
@@ -385,50 +668,9 @@ def main(argv: list[str] | None = None) -> int:
     rounds = ns.rounds or (1 if ns.quick else 3)
     run_dir = Path(tempfile_dir())
     names = ["vllm-1", "vllm-2", "vllm-3"]
-    backend_process, backends = start_fixed_backends(run_dir, names)
     requests = make_requests(workflows=200)
     report: dict[str, object] = {"duration_s": duration, "connections": ns.connections, "rounds": rounds}
-    try:
-        with_rates, without_rates, router_only_rates = [], [], []
-        with_p, without_p, router_only_p = [], [], []
-        cpu_us: list[float] = []
-        for _ in range(rounds):  # alternate so drifts in machine load hit all sides alike
-            without = measure_gateway(False, backends, requests, ns.connections, duration, run_dir)
-            with_ = measure_gateway(True, backends, requests, ns.connections, duration, run_dir)
-            router_only = measure_gateway(True, backends, requests, ns.connections, duration, run_dir,
-                                          observer=False)
-            without_rates.append(without.rate)
-            with_rates.append(with_.rate)
-            cpu_us.append(with_.extproc_cpu_us)
-            router_only_rates.append(router_only.rate)
-            without_p.append((without.percentile(0.5), without.percentile(0.99)))
-            with_p.append((with_.percentile(0.5), with_.percentile(0.99)))
-            router_only_p.append((router_only.percentile(0.5), router_only.percentile(0.99)))
-            for label, result in (("without", without), ("with", with_), ("router-only", router_only)):
-                bad = sum(v for k, v in result.statuses.items() if k != 200) + result.errors
-                if bad:
-                    print(f"  warning: {label} ext_proc: {bad} non-200 responses {dict(result.statuses)}")
-    finally:
-        backend_process.stop()
-    rate_without, rate_with = statistics.median(without_rates), statistics.median(with_rates)
-    print("=== GATEWAY OVERHEAD (Envoy --concurrency 1, fixed-response backends, "
-          f"{ns.connections} connections, {duration:g}s x {rounds} rounds) ===")
-    print(f"{'gateway':<26} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
-    p_without = statistics.median(p[0] for p in without_p), statistics.median(p[1] for p in without_p)
-    p_with = statistics.median(p[0] for p in with_p), statistics.median(p[1] for p in with_p)
-    print(f"{'Envoy alone':<26} {rate_without:>9.0f} {p_without[0] * 1e3:>8.2f} {p_without[1] * 1e3:>8.2f}")
-    print(f"{'Envoy + ext_proc':<26} {rate_with:>9.0f} {p_with[0] * 1e3:>8.2f} {p_with[1] * 1e3:>8.2f}")
-    cpu_with = statistics.median(cpu_us)
-    print(f"ext_proc CPU per request: {cpu_with:.0f} us")
-    rate_router = statistics.median(router_only_rates)
-    p_router = (statistics.median(p[0] for p in router_only_p), statistics.median(p[1] for p in router_only_p))
-    print(f"{'Envoy + ext_proc, no obs.':<26} {rate_router:>9.0f} {p_router[0] * 1e3:>8.2f} {p_router[1] * 1e3:>8.2f}")
-    ratio = rate_with / rate_without if rate_without else float("nan")
-    print(f"rate ratio (with / without): {ratio:.2f}x; without the observer filter: "
-          f"{rate_router / rate_without if rate_without else float('nan'):.2f}x")
-    report.update(rate_without=rate_without, rate_with=rate_with, ratio=ratio, p_without=p_without, p_with=p_with,
-                  extproc_cpu_us=cpu_with,
-                  rate_router_only=rate_router, p_router_only=p_router)
+    overhead_section(ns, names, requests, duration, rounds, run_dir, report)
 
     print("\n=== ROUTING DECISION TIME (in-process: parse body + route + build response) ===")
     print(f"{'active workflows':>16} {'p50 us':>8} {'p99 us':>8}")

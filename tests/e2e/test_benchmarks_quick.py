@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks import gateway_overhead, workflow_benchmark
+import pytest
+
+from benchmarks import gateway_overhead, peers, workflow_benchmark
 from benchmarks.stack import Stack
 
 
@@ -32,6 +34,16 @@ def test_gateway_overhead_quick(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["rate_with"] > 0 and report["rate_without"] > 0
     assert set(report["routing_decision_s"]) == {"1000", "10000"}
+    fixed = report["fixed_rate"]
+    assert fixed["rate"] == pytest.approx(report["rate_with"] / 2)
+    assert fixed["gateways"]["Envoy + ext_proc"]["rate"] > 0 and fixed["gateways"]["Envoy alone"]["rate"] > 0
+    if peers.vllm_router_binary() is not None:  # the same backends serve its /tokenize calls: no error
+        for policy in ("cache_aware", "round_robin"):
+            assert report["vllm_router"][policy]["rate"] > 0
+            assert fixed["gateways"][f"vllm-router {policy}"]["rate"] > 0
+        assert report["vllm_router_problems"] == {}
+    else:
+        assert report["vllm_router"] == "skipped: vllm-router not installed"
 
 
 def test_a2a_benchmark_quick(tmp_path: Path) -> None:
