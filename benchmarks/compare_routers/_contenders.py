@@ -22,6 +22,7 @@ class Contender:
 
 
 COST_MODEL = ("--scheduling-config", "builtin:cost-model")
+ALWAYS_PIN = ("--scheduling-config", str(Path(__file__).with_name("always-pin.yaml")))
 
 
 CONTENDERS: dict[str, Contender] = {c.name: c for c in (
@@ -30,6 +31,9 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in (
               lb_policy="LEAST_REQUEST"),
     Contender("prefix-aware", "ours", "our ext_proc, no workflow_metadata: prompt-prefix + load scorers"),
     Contender("workflow-aware", "ours", "our ext_proc, workflow_metadata: workflow affinity", metadata=True),
+    Contender("workflow-aware/always-pin", "ours", "our ext_proc, workflow_metadata, the workflow stays on its "
+              "instance within the load bound whatever that instance holds of the prompt (always-pin.yaml)",
+              metadata=True, extproc_args=ALWAYS_PIN),
     Contender("workflow-aware/read-all-streams", "ours", "our ext_proc, workflow_metadata, the observer reads "
               "every stream's body (--observe-stream-bodies 1: exact usage, end at the last chunk)", metadata=True,
               extproc_args=("--observe-stream-bodies", "1")),

@@ -125,10 +125,11 @@ class Director:
         self.strip_metadata = not settings.keep_workflow_metadata
         self.priority_scheduling = settings.priority_scheduling
         self.priority_half_life = settings.priority_half_life
-        # The cost model weighs every request's uncached tokens, so it needs every prompt's text.
+        # A plugin that weighs what each instance holds of a workflow's prompt (``needs_prompt``: the cost model,
+        # the workflow-affinity filter's cache lead) needs every prompt's text, metadata or not.
         self.prompt_always = precise is not None or any(
-            getattr(weighted.scorer, "kind", weighted.scorer.name) == "cost-model"
-            for profile in scheduler.profiles.values() for weighted in profile.scorers)
+            getattr(plugin, "needs_prompt", False) for profile in scheduler.profiles.values()
+            for plugin in (*profile.filters, *(weighted.scorer for weighted in profile.scorers)))
         self.cluster_header = settings.cluster_header
         self.prefix_routing = settings.prefix_routing
         self.destinations: dict[str, str] | None = (

@@ -46,10 +46,17 @@ def _non_negative(parameters: Mapping[str, Any], name: str, default: float) -> f
     return float(value)
 
 
+def _flag(parameters: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = parameters.get(name, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 Factory = Callable[[Mapping[str, Any], PluginContext], object]
 
 PLUGINS: dict[str, Factory] = {
-    "workflow-affinity": lambda p, c: WorkflowAffinity(_preference(p, c)),
+    "workflow-affinity": lambda p, c: WorkflowAffinity(_preference(p, c), _flag(p, "always_pin", False)),
     "load-bound": lambda p, c: LoadBoundFilter(_preference(p, c)),
     "kv-room": lambda p, c: KVRoomFilter(),
     "least-load": lambda p, c: LeastLoadFilter(),

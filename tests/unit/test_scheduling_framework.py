@@ -143,6 +143,8 @@ CONTEXT = PluginContext(0.8, PrefixIndex(ABC))
     (lambda c: c["profiles"]["prefix"].update(picker="queue"), "is not a picker"),
     (lambda c: c["plugins"].append({"type": "load-bound", "parameters": {"batching_preference": 2}}),
      "batching_preference must be"),
+    (lambda c: c["plugins"].append({"type": "workflow-affinity", "parameters": {"always_pin": "yes"}}),
+     "always_pin must be true or false"),
 ])
 def test_bad_configs_are_refused_naming_the_problem(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
     import copy
@@ -176,3 +178,15 @@ def test_a_missing_or_malformed_config_file_is_a_clear_error(tmp_path: Path) -> 
 def test_registry_holds_every_rule() -> None:
     assert {"workflow-affinity", "load-bound", "kv-room", "least-load", "prefix", "queue", "kv-headroom",
             "max-score", "cost-model"} <= set(PLUGINS)
+
+
+def test_the_benchmarks_always_pin_config_is_the_rules_with_the_old_pin() -> None:
+    from extproc.scheduling.plugins.workflow_affinity import WorkflowAffinity
+    from extproc.scheduling.profiles import load_config
+
+    path = Path(__file__).parents[2] / "benchmarks" / "compare_routers" / "always-pin.yaml"
+    scheduler = build_scheduler(Endpoints(ABC), CONTEXT, load_config(path))
+    pins = [f for f in scheduler.profiles["workflow"].filters if isinstance(f, WorkflowAffinity)]
+    assert [p.always_pin for p in pins] == [True]
+    request = SchedulingRequest("w", "b", cached_tokens={"a": 64, "b": 64, "c": 64})
+    assert scheduler.schedule(request).instance == "b"

@@ -66,6 +66,37 @@ def test_workflow_affinity_filter(case: Case) -> None:
     assert kept == case.expected
 
 
+# The pin holds while the home holds something of this prompt no other candidate holds (``cached_tokens``).
+CACHE_LEAD = [
+    Case("home leads: pinned", SchedulingRequest("w", "b", cached_tokens={"a": 64, "b": 512, "c": 64}),
+         expected=["b"]),
+    Case("another holds as much: the least loaded of the holders", SchedulingRequest(
+        "w", "b", cached_tokens={"a": 64, "b": 64, "c": 0}), outstanding={"b": 2, "a": 1}, expected=["a"]),
+    Case("another holds more: it is kept, the lesser are not", SchedulingRequest(
+        "w", "b", cached_tokens={"a": 512, "b": 64}), outstanding={"a": 3}, expected=["b"]),
+    Case("nobody holds any: the least loaded", SchedulingRequest("w", "b", cached_tokens={}),
+         outstanding={"a": 1, "b": 1}, expected=["c"]),
+    Case("no cache view: the rule", SchedulingRequest("w", "b"), outstanding={"b": 3}, expected=["b"]),
+    Case("lead but past the slack: all", SchedulingRequest("w", "b", cached_tokens={"b": 512}),
+         outstanding={"b": 17}, expected=ABC),
+]
+
+
+@pytest.mark.parametrize("case", CACHE_LEAD, ids=_ids(CACHE_LEAD))
+def test_workflow_affinity_pins_only_a_cache_lead(case: Case) -> None:
+    kept = WorkflowAffinity(0.8).filter(case.request, endpoints(case.loads, case.outstanding), case.candidates)
+    assert kept == case.expected
+
+
+def test_workflow_affinity_rotates_among_equal_holders_and_always_pin_keeps_the_rule() -> None:
+    request = SchedulingRequest("w", "b", cached_tokens={"a": 64, "b": 64, "c": 64})
+    plugin = WorkflowAffinity(0.8)
+    picks = {plugin.filter(request, endpoints(), list(ABC))[0] for _ in range(6)}
+    assert picks == set(ABC)  # an idle fleet: every instance ties, the workflow is spread, not kept
+    assert WorkflowAffinity(0.8, always_pin=True).filter(request, endpoints(), list(ABC)) == ["b"]
+    assert plugin.needs_prompt and not WorkflowAffinity(0.8, always_pin=True).needs_prompt
+
+
 @pytest.mark.parametrize(("preference", "home_load", "pinned"),
                          [(1.0, 10_000, True), (0.5, 4, True), (0.5, 5, False), (0.0, 0, False)])
 def test_workflow_affinity_filter_follows_the_batching_preference(preference: float, home_load: int,

@@ -42,6 +42,7 @@ def expected_ttft(request: SchedulingRequest, endpoints: Endpoints, instance: st
 
 class CostModelScorer:
     name = "cost-model"
+    needs_prompt = True  # every request's uncached tokens are weighed
 
     def __init__(self, work_weight: float = 0.0) -> None:
         self.work_weight = work_weight

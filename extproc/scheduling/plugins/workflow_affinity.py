@@ -6,6 +6,14 @@ keeps every candidate and the profile's other plugins choose where the workflow 
 cold once, then warm again, whereas spilling single requests would make every spilled request cold). With
 p = 0 it never pins (pure load balancing).
 
+The pin holds only while the workflow's instance holds something of *this* prompt that no other candidate holds
+(``request.cached_tokens``: KV events or the prefix index). When another candidate holds as much (a shared role
+prompt first, the workflow's own context after it: every instance has the role prompt, none has more), staying
+saves no prefill and only concentrates the workflow's load: the filter keeps the candidates holding at least what
+the home holds and the profile's other plugins pick among them (the scorer still prefers the home on a tie).
+Without a cache view (no prefix routing), or with ``always_pin: true`` (the rule before this test), the pin is
+the rule.
+
 As a **scorer** it gives the workflow's instance 1 and the others 0: among equally good candidates the
 workflow's own instance wins.
 """
@@ -20,13 +28,21 @@ from extproc.scheduling.plugins.load_bound import imbalance_slack
 class WorkflowAffinity:
     name = "workflow-affinity"
 
-    def __init__(self, batching_preference: float) -> None:
+    def __init__(self, batching_preference: float, always_pin: bool = False) -> None:
         self.batching_preference = batching_preference
+        self.always_pin = always_pin
+        self.needs_prompt = not always_pin  # the cache lead is measured on this prompt's blocks
+        self._rotation = 0
 
     def filter(self, request: SchedulingRequest, endpoints: Endpoints, candidates: list[str]) -> list[str]:
         home = request.home
         if home is None or self.batching_preference <= 0.0 or home not in candidates:
             return candidates
+        cached = request.cached_tokens
+        if cached is not None and not self.always_pin:
+            home_cached = cached.get(home, 0)
+            if any(cached.get(other, 0) >= home_cached for other in candidates if other != home):
+                return self._spread(endpoints, [i for i in candidates if cached.get(i, 0) >= home_cached])
         slack = imbalance_slack(self.batching_preference, request.priority)
         if slack == float("inf"):
             return [home]
@@ -36,6 +52,16 @@ class WorkflowAffinity:
             if home_load - load(other) > slack:
                 return candidates  # some instance is lighter by more than the slack: the workflow may move
         return [home]
+
+    def _spread(self, endpoints: Endpoints, holders: list[str]) -> list[str]:
+        """The least-loaded holder, rotating among equals: with the home preferred on ties (the scorer) or a
+        hash of the workflow, an idle fleet would keep the workflow where it was, and at low load every instance
+        ties, so the workflows' placements at arrival would decide all their load."""
+        load = endpoints.load
+        low = min(load(i) for i in holders)
+        least = [i for i in holders if load(i) == low]
+        self._rotation += 1
+        return [least[self._rotation % len(least)]]
 
     def score(self, request: SchedulingRequest, endpoints: Endpoints, candidates: list[str]) -> dict[str, float]:
         home = request.home
