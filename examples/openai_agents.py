@@ -105,7 +105,9 @@ async def conversation(api: str, base_url: str, model_name: str) -> tuple[list[d
     if any(c.get("status") != 200 for c in calls):
         problems.append(f"failed calls: {[(c['path'], c.get('status')) for c in calls if c.get('status') != 200]}")
     served = sorted({str(c.get("served_by")) for c in calls})
-    if len(served) != 1:
+    # A chained response can only be answered where it is stored; a chat conversation may move when another
+    # instance holds as much of its prompt (the cached-token check below is what it must keep).
+    if api == "responses" and len(served) != 1:
         problems.append(f"{api}: the conversation was served by {served}, not one instance")
     if len(calls) < 3:
         problems.append(f"{api}: {len(calls)} calls, expected triage + billing + follow-up")

@@ -23,6 +23,10 @@ class Assignment:
     synced_at: float = 0.0  # when a shared registry last confirmed this assignment
     attained: float = 0.0  # service received (input + 2 x output tokens), decayed; see requestcontrol/priority.py
     attained_at: float = 0.0
+    # The workflow's last prompt: its full blocks and the last one's chained hash (a next prompt that has that
+    # hash at that position continues it; see the workflow-affinity filter).
+    last_blocks: int = 0
+    last_hash: int = 0
 
 
 class WorkflowTable:

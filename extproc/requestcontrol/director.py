@@ -346,9 +346,16 @@ class Director:
         keyed = key if model is not None else None  # Decision.affinity_key
         entry = workflows.get(key, now)
         home = entry.instance if entry is not None and entry.instance in self.endpoints.healthy else None
+        # With replicas sharing assignments a replica's prefix index holds only what it routed (and learns its own
+        # pick before the replicas agree), so it cannot tell that another instance holds as much: unknown, pinned.
+        continues: bool | None = None
+        if (home is not None and entry is not None and matched is not None and entry.last_blocks
+                and self.consensus is None):
+            last = entry.last_blocks
+            continues = last <= len(blocks) and blocks[last - 1] == entry.last_hash and matched.get(home, 0) >= last
         instance = pinned if pinned is not None else self.scheduler.schedule(SchedulingRequest(
             workflow_id, home, metadata.workflow_priority, blocks, cached_fraction, prompt_tokens,
-            cached_tokens, model=model)).instance
+            cached_tokens, model=model, continues_on_home=continues)).instance
         if entry is not None and home is not None:
             if instance == home:
                 entry.requests += 1
@@ -362,6 +369,10 @@ class Director:
             workflows.assign(key, instance, now).requests += 1
             decision = Decision(instance, workflow_id, False, previous is None, previous is not None,
                                 previous=previous, affinity_key=keyed)
+        if blocks:
+            assigned = workflows.peek(key)
+            if assigned is not None:
+                assigned.last_blocks, assigned.last_hash = len(blocks), blocks[-1]
         return self._learned(decision, blocks, prompt_tokens, cached_tokens)
 
     def _learned(self, decision: Decision, blocks: Sequence[int], prompt_tokens: int,

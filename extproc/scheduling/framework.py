@@ -53,6 +53,10 @@ class SchedulingRequest:
     cached_tokens: Mapping[str, int] | None = None
     # The request's `model` (a served model name or a LoRA adapter; None: the server's default model).
     model: str | None = None
+    # Whether the prompt continues the workflow's last prompt (that prompt is its prefix) with the home still
+    # holding all of that prompt's blocks per the prefix index: a conversation or tool loop going on where its
+    # cache is. None: unknown (this replica has not seen the workflow's last prompt, or no prefix index).
+    continues_on_home: bool | None = None
 
 
 class Plugin(Protocol):

@@ -171,19 +171,25 @@ async def test_streams_on_a_frozen_instance_end_within_their_idle_bound() -> Non
                     outcome = "cut"
                 return outcome, served, chunks, time.monotonic() - (frozen_at[0] if frozen_at else started)
 
-            workflows = [f"frzs-{run}-{i}" for i in range(9)]
-            homes: dict[str, str] = {}
+            # A chat prompt and a completion prompt share no cached prefix, so each workflow speaks one of them
+            # (the router may place a workflow's other form elsewhere).
+            workflows = [(f"frzs-{run}-{i}-{'chat' if chat else 'text'}", chat) for i in range(9)
+                         for chat in (False, True)]
+            homes: dict[tuple[str, bool], str] = {}
             for _ in range(3):
-                for workflow in workflows:
-                    response = await client.post(f"{stack.url}/v1/completions", json={
-                        "model": "m", "prompt": f"{workflow} {PROMPT}", "max_tokens": 8,
-                        "workflow_metadata": {"workflow_id": workflow}})
+                for workflow, chat in workflows:
+                    body = {"model": "m", "max_tokens": 8, "workflow_metadata": {"workflow_id": workflow}}
+                    if chat:
+                        body["messages"] = [{"role": "user", "content": f"{workflow} {PROMPT}"}]
+                    else:
+                        body["prompt"] = f"{workflow} {PROMPT}"
+                    response = await client.post(f"{stack.url}/v1/{'chat/' if chat else ''}completions", json=body)
                     assert response.status_code == 200
-                    homes[workflow] = response.headers["x-served-by"]
+                    homes[workflow, chat] = response.headers["x-served-by"]
             victim = Counter(homes.values()).most_common(1)[0][0]
-            on_victim = [w for w in workflows if homes[w] == victim]
+            on_victim = [key for key in workflows if homes[key] == victim]
             # Endless at this time scale (100k tokens x 0.124 ms = 12 s of stream): frozen mid-stream.
-            started = [asyncio.create_task(stream(w, chat, 100_000)) for w in on_victim for chat in (False, True)]
+            started = [asyncio.create_task(stream(w, chat, 100_000)) for w, chat in on_victim]
             await asyncio.sleep(1.0)
             process = stack.simulators[victim].popen
             process.send_signal(signal.SIGSTOP)
@@ -191,7 +197,7 @@ async def test_streams_on_a_frozen_instance_end_within_their_idle_bound() -> Non
             try:
                 # Sent after the freeze, before anything noticed it: no headers come back, the per-try timeout
                 # retries them on another instance.
-                late = [asyncio.create_task(stream(w, True, 200)) for w in on_victim]
+                late = [asyncio.create_task(stream(w, chat, 200)) for w, chat in on_victim]
                 started_results = await asyncio.gather(*started)
                 late_results = await asyncio.gather(*late)
                 idle_timeouts = envoy_stat(stack, f"cluster.{victim}.upstream_rq_per_try_idle_timeout")

@@ -285,3 +285,29 @@ def test_held_down_instance_ignores_healthy_polls_until_its_time() -> None:
     assert "a" in endpoints.healthy
     endpoints.hold_down("unknown", until=100.0)  # not an instance: ignored
     assert "unknown" not in endpoints.held_down
+
+
+SHARED = "Team rules: cite sources, keep answers short, say what you do not know. " * 4
+
+
+@pytest.mark.parametrize(("name", "prompts", "one_instance"), [
+    # Each agent's prompt starts with its role (shared by every workflow), the workflow's context after it:
+    # every instance holds the role prompts, the workflow's own instance holds no more of the next prompt.
+    ("role first: spread", [f"{SHARED}role {k % 3}: " + "case file of wf " * 8 + f"turn {k}" for k in range(6)],
+     False),
+    # A conversation appends to its last prompt: it continues where its cache is, though every instance holds
+    # the shared instructions and the new text adds less than a block.
+    ("conversation: stays", [SHARED + "".join(f"q{t} a{t} " for t in range(k)) for k in range(1, 7)], True),
+    # Fan-out siblings share the workflow's context first: the home leads.
+    ("shared context first: stays", [SHARED + "case file of wf " * 8 + f"part {k} of the plan" for k in range(6)],
+     True),
+])
+def test_a_workflow_stays_where_its_instance_holds_more_of_the_prompt(name: str, prompts: list[str],
+                                                                      one_instance: bool) -> None:
+    r = router(prefix=True)
+    for other, instance in enumerate(INSTANCES):  # every instance has served the shared prompts before
+        for k in range(3):
+            route(r, None, 0.0, block_hashes(f"{SHARED}role {k}: other {other}"))
+            r.director.prefix_index.learn(instance, block_hashes(f"{SHARED}role {k}: "))  # type: ignore[union-attr]
+    homes = [route(r, wf("w"), float(t), block_hashes(prompt)).instance for t, prompt in enumerate(prompts)]
+    assert (len(set(homes)) == 1) is one_instance, homes

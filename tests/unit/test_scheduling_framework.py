@@ -188,5 +188,5 @@ def test_the_benchmarks_always_pin_config_is_the_rules_with_the_old_pin() -> Non
     scheduler = build_scheduler(Endpoints(ABC), CONTEXT, load_config(path))
     pins = [f for f in scheduler.profiles["workflow"].filters if isinstance(f, WorkflowAffinity)]
     assert [p.always_pin for p in pins] == [True]
-    request = SchedulingRequest("w", "b", cached_tokens={"a": 64, "b": 64, "c": 64})
+    request = SchedulingRequest("w", "b", cached_tokens={"a": 64, "b": 64, "c": 64}, continues_on_home=False)
     assert scheduler.schedule(request).instance == "b"

@@ -68,16 +68,22 @@ def test_workflow_affinity_filter(case: Case) -> None:
 
 # The pin holds while the home holds something of this prompt no other candidate holds (``cached_tokens``).
 CACHE_LEAD = [
-    Case("home leads: pinned", SchedulingRequest("w", "b", cached_tokens={"a": 64, "b": 512, "c": 64}),
+    Case("home leads: pinned", SchedulingRequest("w", "b", cached_tokens={"a": 64, "b": 512, "c": 64},
+                                                continues_on_home=False),
          expected=["b"]),
     Case("another holds as much: the least loaded of the holders", SchedulingRequest(
-        "w", "b", cached_tokens={"a": 64, "b": 64, "c": 0}), outstanding={"b": 2, "a": 1}, expected=["a"]),
+        "w", "b", cached_tokens={"a": 64, "b": 64, "c": 0}, continues_on_home=False),
+         outstanding={"b": 2, "a": 1}, expected=["a"]),
     Case("another holds more: it is kept, the lesser are not", SchedulingRequest(
-        "w", "b", cached_tokens={"a": 512, "b": 64}), outstanding={"a": 3}, expected=["b"]),
-    Case("nobody holds any: the least loaded", SchedulingRequest("w", "b", cached_tokens={}),
+        "w", "b", cached_tokens={"a": 512, "b": 64}, continues_on_home=False), outstanding={"a": 3}, expected=["b"]),
+    Case("nobody holds any: the least loaded", SchedulingRequest("w", "b", cached_tokens={}, continues_on_home=False),
          outstanding={"a": 1, "b": 1}, expected=["c"]),
     Case("no cache view: the rule", SchedulingRequest("w", "b"), outstanding={"b": 3}, expected=["b"]),
-    Case("lead but past the slack: all", SchedulingRequest("w", "b", cached_tokens={"b": 512}),
+    Case("unknown whether it continues (another replica routed the last): pinned", SchedulingRequest(
+        "w", "b", cached_tokens={"a": 64, "b": 64}), outstanding={"b": 3}, expected=["b"]),
+    Case("continues its last prompt on the home: pinned though others hold as much", SchedulingRequest(
+        "w", "b", cached_tokens={"a": 64, "b": 64}, continues_on_home=True), outstanding={"b": 3}, expected=["b"]),
+    Case("lead but past the slack: all", SchedulingRequest("w", "b", cached_tokens={"b": 512}, continues_on_home=False),
          outstanding={"b": 17}, expected=ABC),
 ]
 
@@ -89,7 +95,7 @@ def test_workflow_affinity_pins_only_a_cache_lead(case: Case) -> None:
 
 
 def test_workflow_affinity_rotates_among_equal_holders_and_always_pin_keeps_the_rule() -> None:
-    request = SchedulingRequest("w", "b", cached_tokens={"a": 64, "b": 64, "c": 64})
+    request = SchedulingRequest("w", "b", cached_tokens={"a": 64, "b": 64, "c": 64}, continues_on_home=False)
     plugin = WorkflowAffinity(0.8)
     picks = {plugin.filter(request, endpoints(), list(ABC))[0] for _ in range(6)}
     assert picks == set(ABC)  # an idle fleet: every instance ties, the workflow is spread, not kept

@@ -6,11 +6,14 @@ keeps every candidate and the profile's other plugins choose where the workflow 
 cold once, then warm again, whereas spilling single requests would make every spilled request cold). With
 p = 0 it never pins (pure load balancing).
 
-The pin holds only while the workflow's instance holds something of *this* prompt that no other candidate holds
-(``request.cached_tokens``: KV events or the prefix index). When another candidate holds as much (a shared role
+The pin holds while this prompt continues the workflow's last one on the home (``continues_on_home``: a
+conversation or tool loop appending to what the home still holds; also when that is unknown: another replica
+routed the workflow's last prompt), or while the workflow's instance holds
+something of *this* prompt that no other candidate holds (``request.cached_tokens``: KV events or the prefix
+index). When another candidate holds as much and the prompt does not continue the last one (a shared role
 prompt first, the workflow's own context after it: every instance has the role prompt, none has more), staying
-saves no prefill and only concentrates the workflow's load: the filter keeps the candidates holding at least what
-the home holds and the profile's other plugins pick among them (the scorer still prefers the home on a tie).
+saves no prefill and only concentrates the workflow's load: the filter keeps the least-loaded of the candidates
+holding at least what the home holds, rotating among equals.
 Without a cache view (no prefix routing), or with ``always_pin: true`` (the rule before this test), the pin is
 the rule.
 
@@ -39,7 +42,7 @@ class WorkflowAffinity:
         if home is None or self.batching_preference <= 0.0 or home not in candidates:
             return candidates
         cached = request.cached_tokens
-        if cached is not None and not self.always_pin:
+        if cached is not None and not self.always_pin and request.continues_on_home is False:
             home_cached = cached.get(home, 0)
             if any(cached.get(other, 0) >= home_cached for other in candidates if other != home):
                 return self._spread(endpoints, [i for i in candidates if cached.get(i, 0) >= home_cached])
