@@ -46,7 +46,8 @@ def test_openai_agents_handoff_over_responses_and_chat(fleet: Stack) -> None:
     for api in ("responses", "chat"):
         mine = [c for c in calls if c["api"] == api]
         assert len(mine) >= 3 and all(c["status"] == 200 for c in mine)
-        assert len({c["served_by"] for c in mine}) == 1, mine
+        if api == "responses":  # a chained response is answered where it is stored; a chat may move to an
+            assert len({c["served_by"] for c in mine}) == 1, mine  # instance holding as much of its prompt
         assert all(c["cached_tokens"] > 0 for c in mine[1:]), mine
     responses = [c for c in calls if c["api"] == "responses"]
     assert responses[0]["tools"] == 1  # the triage agent offers the handoff tool

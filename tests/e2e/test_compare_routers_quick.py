@@ -87,8 +87,9 @@ def test_quick_matrix_cell_of_a_new_shape_prints_ratios_and_summary(
     assert cell["ratios"]["per_contender"]["workflow-aware"]["ttft"] == pytest.approx(1.0)
     assert set(cell["ratios"]["best_other"]) == {"ttft", "workflow", "sim_ttft"}
     assert report["summary"] == [cell["summary"]]
-    # Every turn of a tool loop stays with its workflow under metadata.
-    assert cell["results"]["workflow-aware"]["instances_per_workflow_mean"] == 1.0
+    # A tool loop's turns stay with its workflow under metadata while its instance still holds the last turn;
+    # under KV pressure a workflow whose blocks the index saw evicted may move once (round robin: every turn).
+    assert cell["results"]["workflow-aware"]["instances_per_workflow_mean"] < 1.5
 
 
 def test_missing_trace_skips_the_mooncake_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
