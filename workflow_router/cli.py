@@ -57,7 +57,8 @@ COMMANDS: dict[str, Command] = {
 BENCHMARKS: dict[str, Command] = {
     c.name: c
     for c in (
-        Command("gateway-overhead", "Envoy alone vs Envoy + ext_proc; routing decision time",
+        Command("gateway-overhead",
+                "Envoy alone vs Envoy + ext_proc vs vllm-router; fixed-rate latency; routing decision time",
                 "benchmarks.gateway_overhead"),
         Command("workflow", "the seed's workflow benchmark (sequential, parallel, cache, A2A)",
                 "benchmarks.workflow_benchmark"),
