@@ -179,6 +179,7 @@ class Settings:
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
     log_level: str = "info"
     event_loop: str = "auto"  # auto: uvloop where installed (uvicorn[standard] brings it), else asyncio's own
+    gc_freeze: bool = False  # move what startup allocated out of the collector's reach (gc.freeze)
     # --- Gateway API Inference Extension and mTLS (docs/gateway-api.md, docs/envoy-security.md) ---
     destination_mode: str = "cluster-header"
     tls_cert_file: str | None = None  # serve ext_proc gRPC over TLS with this certificate ...
@@ -427,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--event-loop", default=_env("event-loop", "auto"), choices=["auto", "uvloop", "asyncio"],
         help="the asyncio event loop: uvloop cut the ext_proc CPU per request by ~8%% in "
         "benchmarks/gateway_overhead.py; auto = uvloop where installed")
+    add("--gc-freeze", type=_bool, nargs="?", const=True, default=_bool(_env("gc-freeze", False) or ""),
+        help="after startup, gc.freeze() what is allocated so far: full collections stop traversing it "
+        "(extproc_gc_pause_seconds shows the pauses)")
     add("--destination-mode", default=_env("destination-mode", "cluster-header"), choices=list(DESTINATION_MODES),
         help="how the chosen instance is named to Envoy: 'cluster-header' (its cluster name in --cluster-header) "
         f"or 'endpoint' (its ip:port in {DESTINATION_ENDPOINT_HEADER} and dynamic metadata "
@@ -541,6 +545,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         max_request_body_bytes=ns.max_request_body_bytes,
         log_level=ns.log_level,
         event_loop=ns.event_loop,
+        gc_freeze=ns.gc_freeze,
         destination_mode=ns.destination_mode,
         tls_cert_file=ns.tls_cert_file,
         tls_key_file=ns.tls_key_file,

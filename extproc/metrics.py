@@ -7,7 +7,9 @@ does not pay for them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import gc
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -94,6 +96,9 @@ class _SchedulerCollector(Collector):
         yield profiles
 
 
+GC_PAUSE_BUCKETS = (1e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1)
+
+
 class Metrics:
     def __init__(self, instances: Sequence[str], registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -125,6 +130,24 @@ class Metrics:
         self._prompt_family, self._cached_family = prompt, cached
         self._prompt = {i: prompt.labels(i) for i in instances}
         self._cached = {i: cached.labels(i) for i in instances}
+
+    def watch_gc(self) -> Callable[[], None]:
+        """Time every cyclic garbage collection (``extproc_gc_pause_seconds`` by generation): a collection stops
+        the event loop, so its pauses are in every stream's latency. Returns the function that stops it."""
+        pauses = Histogram("extproc_gc_pause_seconds", "Cyclic garbage collection pauses (the event loop waits)",
+                           ["generation"], buckets=GC_PAUSE_BUCKETS, registry=self.registry)
+        by_generation = [pauses.labels(str(g)) for g in range(3)]
+        started = [0.0]
+        clock = time.perf_counter
+
+        def callback(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = clock()
+            else:
+                by_generation[info["generation"]].observe(clock() - started[0])
+
+        gc.callbacks.append(callback)
+        return lambda: gc.callbacks.remove(callback)
 
     def add_instance(self, instance: str) -> None:
         """An instance joined the fleet (discovery): its labelled series start at zero."""

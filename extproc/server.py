@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import signal
 import sys
@@ -228,6 +229,10 @@ async def serve(settings: Settings) -> None:
                "backends": list(running.router.endpoints.instances),
                "event_loop": type(asyncio.get_running_loop()).__module__.partition(".")[0]},
     )
+    unwatch_gc = running.router.metrics.watch_gc()
+    if settings.gc_freeze:
+        gc.collect()
+        gc.freeze()
     # Parent processes (the stack launcher, tests) read the bound ports from this line.
     print(f"EXTPROC_LISTENING grpc={running.grpc_port} metrics={running.metrics_port}", flush=True)
 
@@ -253,6 +258,7 @@ async def serve(settings: Settings) -> None:
     if running.precise is not None:
         await running.precise.stop()
     await running.reporter.stop()
+    unwatch_gc()
     log.info("stopped")
 
 

@@ -190,3 +190,29 @@ def test_the_benchmarks_always_pin_config_is_the_rules_with_the_old_pin() -> Non
     assert [p.always_pin for p in pins] == [True]
     request = SchedulingRequest("w", "b", cached_tokens={"a": 64, "b": 64, "c": 64}, continues_on_home=False)
     assert scheduler.schedule(request).instance == "b"
+
+
+def test_gc_pauses_are_timed_by_generation_until_unwatched() -> None:
+    import gc
+
+    from extproc.metrics import Metrics
+
+    metrics = Metrics(list(ABC))
+    unwatch = metrics.watch_gc()
+    try:
+        gc.collect()  # a full collection: generation 2
+        count = metrics.registry.get_sample_value("extproc_gc_pause_seconds_count", {"generation": "2"})
+        assert count is not None and count >= 1
+    finally:
+        unwatch()
+    callbacks = len(gc.callbacks)
+    gc.collect()
+    assert len(gc.callbacks) == callbacks
+    assert metrics.registry.get_sample_value("extproc_gc_pause_seconds_count", {"generation": "2"}) == count
+
+
+def test_gc_freeze_flag_and_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings_from_args(["--backends", "vllm-1=http://127.0.0.1:8001"]).gc_freeze is False
+    assert settings_from_args(["--backends", "vllm-1=http://127.0.0.1:8001", "--gc-freeze"]).gc_freeze is True
+    monkeypatch.setenv("EXTPROC_GC_FREEZE", "true")
+    assert settings_from_args(["--backends", "vllm-1=http://127.0.0.1:8001"]).gc_freeze is True
