@@ -10,6 +10,7 @@ alternating rounds. Prints each run's p50/p99 (from the scheduled send), late se
 
 from __future__ import annotations
 
+import argparse
 import socket
 import statistics
 import sys
@@ -42,8 +43,14 @@ def gc_figures(port: int) -> str:
     return "; ".join(out)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("rate", type=float, nargs="?", default=478.0, help="requests per second (open loop)")
+    return parser
+
+
 def main(argv: list[str]) -> int:
-    rate = float(argv[0]) if argv else 478.0
+    rate = build_parser().parse_args(argv).rate
     run_dir = Path(g.tempfile_dir())
     backend, backends = g.start_fixed_backends(run_dir, ["vllm-1", "vllm-2", "vllm-3"])
     requests = g.make_requests(workflows=200)
