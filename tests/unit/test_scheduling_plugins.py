@@ -94,6 +94,12 @@ def test_workflow_affinity_pins_only_a_cache_lead(case: Case) -> None:
     assert kept == case.expected
 
 
+def test_a_batching_preference_of_one_never_leaves_a_healthy_instance_whatever_it_holds() -> None:
+    request = SchedulingRequest("w", "b", cached_tokens={"a": 64, "b": 64, "c": 64}, continues_on_home=False)
+    assert WorkflowAffinity(1.0).filter(request, endpoints(outstanding={"b": 2}), list(ABC)) == ["b"]
+    assert WorkflowAffinity(0.8).filter(request, endpoints(outstanding={"b": 2}), list(ABC)) in (["a"], ["c"])
+
+
 def test_workflow_affinity_rotates_among_equal_holders_and_always_pin_keeps_the_rule() -> None:
     request = SchedulingRequest("w", "b", cached_tokens={"a": 64, "b": 64, "c": 64}, continues_on_home=False)
     plugin = WorkflowAffinity(0.8)

@@ -41,14 +41,14 @@ class WorkflowAffinity:
         home = request.home
         if home is None or self.batching_preference <= 0.0 or home not in candidates:
             return candidates
+        slack = imbalance_slack(self.batching_preference, request.priority)
+        if slack == float("inf"):  # p = 1.0: a workflow never leaves a healthy instance
+            return [home]
         cached = request.cached_tokens
         if cached is not None and not self.always_pin and request.continues_on_home is False:
             home_cached = cached.get(home, 0)
             if any(cached.get(other, 0) >= home_cached for other in candidates if other != home):
                 return self._spread(endpoints, [i for i in candidates if cached.get(i, 0) >= home_cached])
-        slack = imbalance_slack(self.batching_preference, request.priority)
-        if slack == float("inf"):
-            return [home]
         load = endpoints.load
         home_load = load(home)
         for other in candidates:
