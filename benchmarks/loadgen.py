@@ -84,6 +84,19 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes, host: str,
+                    port: int) -> tuple[int | None, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send one request and read its response: ``(status, reader, writer)``; on a timeout or a broken
+    connection ``(None, ...)`` over a fresh connection."""
+    writer.write(request)
+    try:
+        return await asyncio.wait_for(_read_response(reader), timeout=10), reader, writer
+    except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+        reader, writer = await asyncio.open_connection(host, port)
+        return None, reader, writer
+
+
 async def run_load(
     host: str, port: int, make_request: Callable[[int], bytes], *, connections: int, duration: float
 ) -> LoadResult:
@@ -95,15 +108,10 @@ async def run_load(
         reader, writer = await asyncio.open_connection(host, port)
         try:
             while time.perf_counter() < deadline:
-                request = make_request(next(counter))
                 started = time.perf_counter()
-                writer.write(request)
-                try:
-                    status = await asyncio.wait_for(_read_response(reader), timeout=10)
-                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                status, reader, writer = await _exchange(reader, writer, make_request(next(counter)), host, port)
+                if status is None:
                     result.errors += 1
-                    writer.close()
-                    reader, writer = await asyncio.open_connection(host, port)
                     continue
                 result.latencies.append(time.perf_counter() - started)
                 result.statuses[status] += 1
@@ -141,13 +149,9 @@ async def run_open_loop(
                     result.send_lags.append(lag)
                     if lag > late_after:
                         result.late += 1
-                    writer.write(make_request(index))
-                    try:
-                        status = await asyncio.wait_for(_read_response(reader), timeout=10)
-                    except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    status, reader, writer = await _exchange(reader, writer, make_request(index), host, port)
+                    if status is None:
                         result.errors += 1
-                        writer.close()
-                        reader, writer = await asyncio.open_connection(host, port)
                         continue
                     result.latencies.append(perf() - due)
                     result.statuses[status] += 1
