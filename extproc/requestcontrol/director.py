@@ -358,21 +358,20 @@ class Director:
             cached_tokens, model=model, continues_on_home=continues)).instance
         if entry is not None and home is not None:
             if instance == home:
-                entry.requests += 1
+                assigned = entry
                 decision = Decision(home, workflow_id, True, False, False, affinity_key=keyed)
             else:
-                workflows.assign(key, instance, now).requests += 1
+                assigned = workflows.assign(key, instance, now)
                 decision = Decision(instance, workflow_id, False, False, False, rebalanced=True, previous=home,
                                     affinity_key=keyed)
         else:
             previous = entry.instance if entry is not None else None
-            workflows.assign(key, instance, now).requests += 1
+            assigned = workflows.assign(key, instance, now)
             decision = Decision(instance, workflow_id, False, previous is None, previous is not None,
                                 previous=previous, affinity_key=keyed)
+        assigned.requests += 1
         if blocks:
-            assigned = workflows.peek(key)
-            if assigned is not None:
-                assigned.last_blocks, assigned.last_hash = len(blocks), blocks[-1]
+            assigned.last_blocks, assigned.last_hash = len(blocks), blocks[-1]
         return self._learned(decision, blocks, prompt_tokens, cached_tokens)
 
     def _learned(self, decision: Decision, blocks: Sequence[int], prompt_tokens: int,

@@ -6,16 +6,14 @@ keeps every candidate and the profile's other plugins choose where the workflow 
 cold once, then warm again, whereas spilling single requests would make every spilled request cold). With
 p = 0 it never pins (pure load balancing).
 
-The pin holds while this prompt continues the workflow's last one on the home (``continues_on_home``: a
-conversation or tool loop appending to what the home still holds; also when that is unknown: another replica
-routed the workflow's last prompt), or while the workflow's instance holds
-something of *this* prompt that no other candidate holds (``request.cached_tokens``: KV events or the prefix
-index). When another candidate holds as much and the prompt does not continue the last one (a shared role
-prompt first, the workflow's own context after it: every instance has the role prompt, none has more), staying
-saves no prefill and only concentrates the workflow's load: the filter keeps the least-loaded of the candidates
-holding at least what the home holds, rotating among equals.
-Without a cache view (no prefix routing), or with ``always_pin: true`` (the rule before this test), the pin is
-the rule.
+The pin holds while the prompt continues the workflow's last one on the home (``continues_on_home``: a
+conversation or tool loop appending to what the home still holds; also when that is unknown, e.g. another
+replica routed the last prompt), or while the home holds something of *this* prompt that no other candidate
+holds (``request.cached_tokens``: KV events or the prefix index). Otherwise (a shared role prompt first, the
+workflow's own context after it: every instance has the role prompt, none has more) staying saves no prefill and
+only concentrates the workflow's load, so the filter keeps the least-loaded of the candidates holding at least
+what the home holds, rotating among equals. With p = 1.0, without a cache view (no prefix routing) or with
+``always_pin: true`` (the rule before the cache lead), the pin is the rule.
 
 As a **scorer** it gives the workflow's instance 1 and the others 0: among equally good candidates the
 workflow's own instance wins.
@@ -25,7 +23,10 @@ from __future__ import annotations
 
 from extproc.datastore.endpoints import Endpoints
 from extproc.scheduling.framework import SchedulingRequest
+from extproc.scheduling.plugins.least_load import LeastLoadFilter
 from extproc.scheduling.plugins.load_bound import imbalance_slack
+
+_LEAST_LOAD = LeastLoadFilter()
 
 
 class WorkflowAffinity:
@@ -48,7 +49,8 @@ class WorkflowAffinity:
         if cached is not None and not self.always_pin and request.continues_on_home is False:
             home_cached = cached.get(home, 0)
             if any(cached.get(other, 0) >= home_cached for other in candidates if other != home):
-                return self._spread(endpoints, [i for i in candidates if cached.get(i, 0) >= home_cached])
+                holders = [i for i in candidates if cached.get(i, 0) >= home_cached]
+                return self._rotate(_LEAST_LOAD.filter(request, endpoints, holders))
         load = endpoints.load
         home_load = load(home)
         for other in candidates:
@@ -56,13 +58,10 @@ class WorkflowAffinity:
                 return candidates  # some instance is lighter by more than the slack: the workflow may move
         return [home]
 
-    def _spread(self, endpoints: Endpoints, holders: list[str]) -> list[str]:
-        """The least-loaded holder, rotating among equals: with the home preferred on ties (the scorer) or a
-        hash of the workflow, an idle fleet would keep the workflow where it was, and at low load every instance
-        ties, so the workflows' placements at arrival would decide all their load."""
-        load = endpoints.load
-        low = min(load(i) for i in holders)
-        least = [i for i in holders if load(i) == low]
+    def _rotate(self, least: list[str]) -> list[str]:
+        """One of the least-loaded holders, in turn: with the home preferred on ties (the scorer) or a hash of the
+        workflow, an idle fleet would keep the workflow where it was (at low load every instance ties), so the
+        workflows' placements at arrival would decide all their load."""
         self._rotation += 1
         return [least[self._rotation % len(least)]]
 
