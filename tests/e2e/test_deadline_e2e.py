@@ -151,7 +151,8 @@ async def test_streams_on_a_frozen_instance_end_within_their_idle_bound() -> Non
         run = uuid.uuid4().hex[:6]
         frozen_at: list[float] = []
         async with httpx.AsyncClient(timeout=120) as client:
-            async def stream(workflow: str, chat: bool, max_tokens: int) -> tuple[str, str, int, float]:
+            async def stream(workflow: str, chat: bool, max_tokens: int,
+                             first_chunk: asyncio.Event | None = None) -> tuple[str, str, int, float]:
                 """``(outcome, served by, content chunks, seconds from the freeze (or the start) to the end)``."""
                 started = time.monotonic()
                 body: dict[str, object] = {"model": "m", "max_tokens": max_tokens, "stream": True,
@@ -167,6 +168,8 @@ async def test_streams_on_a_frozen_instance_end_within_their_idle_bound() -> Non
                         served = response.headers.get("x-served-by", "")
                         async for line in response.aiter_lines():
                             chunks += line.startswith("data: {")
+                            if chunks and first_chunk is not None:
+                                first_chunk.set()
                 except httpx.RemoteProtocolError:
                     outcome = "cut"
                 return outcome, served, chunks, time.monotonic() - (frozen_at[0] if frozen_at else started)
@@ -188,9 +191,12 @@ async def test_streams_on_a_frozen_instance_end_within_their_idle_bound() -> Non
                     homes[workflow, chat] = response.headers["x-served-by"]
             victim = Counter(homes.values()).most_common(1)[0][0]
             on_victim = [key for key in workflows if homes[key] == victim]
-            # Endless at this time scale (100k tokens x 0.124 ms = 12 s of stream): frozen mid-stream.
-            started = [asyncio.create_task(stream(w, chat, 100_000)) for w, chat in on_victim]
-            await asyncio.sleep(1.0)
+            # Endless at this time scale (100k tokens x 0.124 ms = 12 s of stream): frozen mid-stream, once every
+            # one of them has sent a token (a loaded machine may take more than a second to start nine).
+            first_chunks = [asyncio.Event() for _ in on_victim]
+            started = [asyncio.create_task(stream(w, chat, 100_000, event))
+                       for (w, chat), event in zip(on_victim, first_chunks, strict=True)]
+            await asyncio.wait_for(asyncio.gather(*(event.wait() for event in first_chunks)), timeout=10)
             process = stack.simulators[victim].popen
             process.send_signal(signal.SIGSTOP)
             frozen_at.append(time.monotonic())
@@ -198,7 +204,8 @@ async def test_streams_on_a_frozen_instance_end_within_their_idle_bound() -> Non
                 # Sent after the freeze, before anything noticed it: no headers come back, the per-try timeout
                 # retries them on another instance.
                 late = [asyncio.create_task(stream(w, chat, 200)) for w, chat in on_victim]
-                started_results = await asyncio.gather(*started)
+                # A stream the load bound sent elsewhere runs to its end there; only the frozen ones are judged.
+                started_results = [r for r in await asyncio.gather(*started) if r[1] == victim]
                 late_results = await asyncio.gather(*late)
                 idle_timeouts = envoy_stat(stack, f"cluster.{victim}.upstream_rq_per_try_idle_timeout")
                 per_try_timeouts = envoy_stat(stack, f"cluster.{victim}.upstream_rq_per_try_timeout")
@@ -208,6 +215,7 @@ async def test_streams_on_a_frozen_instance_end_within_their_idle_bound() -> Non
         print(f"\nstreams frozen mid-response: {[(r[0], r[2], round(r[3], 2)) for r in started_results]}; "
               f"sent after the freeze: {[(r[0], r[1], r[2], round(r[3], 2)) for r in late_results]}; "
               f"idle timeouts {idle_timeouts}, per-try timeouts {per_try_timeouts}, idle bound {idle_bound:g} s")
+        assert started_results
         for outcome, served, chunks, after_freeze in started_results:
             assert (outcome, served) == ("cut", victim)
             assert chunks > 0  # it had started: the cut is the only answer Envoy can give
