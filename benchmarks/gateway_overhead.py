@@ -177,10 +177,12 @@ class Gateway:
 @contextlib.contextmanager
 def envoy_gateway(ext_proc: bool, backends: dict[str, int], run_dir: Path, replicas: int = 1,
                   redis: str | None = None, observer: bool = True,
-                  extproc_args: tuple[str, ...] = ()) -> Iterator[Gateway]:
+                  extproc_args: tuple[str, ...] = (),
+                  response_observation: str = "observer-stream") -> Iterator[Gateway]:
     options = StackOptions(listen_port=0, admin_port=0, with_a2a=False, external_backends=backends,
                            ext_proc_enabled=ext_proc, envoy_concurrency=1, log_level="warning",
                            extproc_replicas=replicas, redis=redis, observer=observer, extproc_args=extproc_args,
+                           response_observation=response_observation,
                            run_dir=run_dir / (f"extproc-x{replicas}" if ext_proc else "without-extproc"))
     with Stack(options) as stack:
         assert stack.envoy is not None
@@ -406,6 +408,8 @@ def overhead_section(ns: argparse.Namespace, names: list[str], requests: list[by
     gateways: dict[str, GatewayFactory] = {
         "Envoy alone": lambda: envoy_gateway(False, backends, run_dir),
         "Envoy + ext_proc": lambda: envoy_gateway(True, backends, run_dir),
+        "Envoy + ext_proc, access log": lambda: envoy_gateway(True, backends, run_dir,
+                                                               response_observation="access-log"),
         "Envoy + ext_proc, no obs.": lambda: envoy_gateway(True, backends, run_dir, observer=False),
     }
     if binary is not None:
@@ -452,7 +456,7 @@ def overhead_section(ns: argparse.Namespace, names: list[str], requests: list[by
 
     print("=== GATEWAY OVERHEAD (Envoy --concurrency 1, fixed-response backends, "
           f"{ns.connections} connections, {duration:g}s x {rounds} rounds) ===")
-    print(f"{'gateway':<26} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU us/req':>17}")
+    print(f"{'gateway':<30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU us/req':>17}")
     figures: dict[str, dict[str, float]] = {}
     for label, results in closed.items():
         p50, p99 = _median_p(results)
@@ -462,23 +466,30 @@ def overhead_section(ns: argparse.Namespace, names: list[str], requests: list[by
     rows = list(figures) if binary else [*figures, *(f"vllm-router {policy}" for policy in ROUTER_POLICIES)]
     for label in rows:
         if label not in figures:
-            print(f"{label:<26} skipped: vllm-router not installed (pip install -e '.[bench]')")
+            print(f"{label:<30} skipped: vllm-router not installed (pip install -e '.[bench]')")
             continue
         figure = figures[label]
-        print(f"{label:<26} {figure['rate']:>9.0f} {figure['p50'] * 1e3:>8.2f} {figure['p99'] * 1e3:>8.2f} "
+        print(f"{label:<30} {figure['rate']:>9.0f} {figure['p50'] * 1e3:>8.2f} {figure['p99'] * 1e3:>8.2f} "
               f"{figure['proxy_cpu_us']:>17.0f}")
     rate_without, rate_with = figures["Envoy alone"]["rate"], figures["Envoy + ext_proc"]["rate"]
     rate_router = figures["Envoy + ext_proc, no obs."]["rate"]
+    rate_logged = figures["Envoy + ext_proc, access log"]["rate"]
     cpu_with = statistics.median(r.extproc_cpu_us for r in closed["Envoy + ext_proc"])
-    print(f"ext_proc CPU per request: {cpu_with:.0f} us (proxy CPU: the gateway's processes, Envoy's included)")
+    cpu_logged = statistics.median(r.extproc_cpu_us for r in closed["Envoy + ext_proc, access log"])
+    print(f"ext_proc CPU per request: {cpu_with:.0f} us, {cpu_logged:.0f} us with the access log (proxy CPU: the "
+          "gateway's processes, Envoy's included)")
     ratio = rate_with / rate_without if rate_without else float("nan")
-    print(f"rate ratio (with / without): {ratio:.2f}x; without the observer filter: "
+    print(f"rate ratio (with / without): {ratio:.2f}x; with the access log: "
+          f"{rate_logged / rate_without if rate_without else float('nan'):.2f}x; without the observer filter: "
           f"{rate_router / rate_without if rate_without else float('nan'):.2f}x")
     versus: dict[str, float] = {}
+    versus_logged: dict[str, float] = {}
     for policy in ROUTER_POLICIES if binary else ():
         peer = figures[f"vllm-router {policy}"]
         versus[policy] = rate_with / peer["rate"] if peer["rate"] else float("nan")
-        print(f"Envoy + ext_proc / vllm-router {policy}: {versus[policy]:.2f}x (req/s)")
+        versus_logged[policy] = rate_logged / peer["rate"] if peer["rate"] else float("nan")
+        print(f"Envoy + ext_proc / vllm-router {policy}: {versus[policy]:.2f}x (req/s); with the access log: "
+              f"{versus_logged[policy]:.2f}x")
     if binary:
         per = figures["vllm-router cache_aware"]["backend_requests_per_request"]
         print(f"backend requests per request: vllm-router cache_aware {per:.1f} (it asks every worker for token "
@@ -488,7 +499,8 @@ def overhead_section(ns: argparse.Namespace, names: list[str], requests: list[by
     report.update(rate_without=rate_without, rate_with=rate_with, ratio=ratio,
                   p_without=(figures["Envoy alone"]["p50"], figures["Envoy alone"]["p99"]),
                   p_with=(figures["Envoy + ext_proc"]["p50"], figures["Envoy + ext_proc"]["p99"]),
-                  extproc_cpu_us=cpu_with, rate_router_only=rate_router,
+                  extproc_cpu_us=cpu_with, rate_router_only=rate_router, rate_access_log=rate_logged,
+                  extproc_cpu_us_access_log=cpu_logged, ratio_access_log_over_vllm_router=versus_logged,
                   p_router_only=(figures["Envoy + ext_proc, no obs."]["p50"],
                                  figures["Envoy + ext_proc, no obs."]["p99"]),
                   gateways=figures, vllm_router_problems=problems,
@@ -502,7 +514,7 @@ def overhead_section(ns: argparse.Namespace, names: list[str], requests: list[by
     if not opened:
         print("skipped: no Envoy + ext_proc saturation rate")
         return
-    print(f"{'gateway':<26} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'late':>7} {'dropped':>8}")
+    print(f"{'gateway':<30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'late':>7} {'dropped':>8}")
     fixed: dict[str, dict[str, float]] = {}
     for label, results in opened.items():
         p50, p99 = _median_p(results)
@@ -512,18 +524,23 @@ def overhead_section(ns: argparse.Namespace, names: list[str], requests: list[by
                         "send_lag_p50": statistics.median(
                             statistics.median(r.send_lags) if r.send_lags else float("nan") for r in results)}
         figure = fixed[label]
-        print(f"{label:<26} {figure['rate']:>9.0f} {p50 * 1e3:>8.2f} {p99 * 1e3:>8.2f} {figure['late']:>7.0f} "
+        print(f"{label:<30} {figure['rate']:>9.0f} {p50 * 1e3:>8.2f} {p99 * 1e3:>8.2f} {figure['late']:>7.0f} "
               f"{figure['dropped']:>8.0f}")
     if not binary:
         for policy in ROUTER_POLICIES:
-            print(f"{'vllm-router ' + policy:<26} skipped: vllm-router not installed")
+            print(f"{'vllm-router ' + policy:<30} skipped: vllm-router not installed")
     added = (fixed["Envoy + ext_proc"]["p50"] - fixed["Envoy alone"]["p50"],
              fixed["Envoy + ext_proc"]["p99"] - fixed["Envoy alone"]["p99"])
     print(f"Envoy + ext_proc over Envoy alone: added p50 {added[0] * 1e3:.2f} ms, p99 {added[1] * 1e3:.2f} ms")
+    logged = fixed["Envoy + ext_proc, access log"]
+    added_logged = (logged["p50"] - fixed["Envoy alone"]["p50"], logged["p99"] - fixed["Envoy alone"]["p99"])
+    print(f"Envoy + ext_proc, access log, over Envoy alone: added p50 {added_logged[0] * 1e3:.2f} ms, "
+          f"p99 {added_logged[1] * 1e3:.2f} ms")
     lag = statistics.median(figure["send_lag_p50"] for figure in fixed.values())
     print(f"(late: sent > {LATE_AFTER_S * 1e3:g} ms behind schedule, of {fixed['Envoy alone']['scheduled']:.0f} "
           f"per gateway; the load generator's median send lag {lag * 1e3:.2f} ms is in every latency alike)")
-    report["fixed_rate"] = {"rate": fixed_rate, "gateways": fixed, "added_p50": added[0], "added_p99": added[1]}
+    report["fixed_rate"] = {"rate": fixed_rate, "gateways": fixed, "added_p50": added[0], "added_p99": added[1],
+                            "added_p50_access_log": added_logged[0], "added_p99_access_log": added_logged[1]}
 
 
 def _drive(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -188,6 +188,7 @@ class StackOptions:
     ext_proc_enabled: bool = True
     baseline_lb_policy: str | None = None  # "ROUND_ROBIN" / "LEAST_REQUEST": Envoy alone balances (no ext_proc)
     observer: bool = True
+    response_observation: str = "observer-stream"  # or "access-log" (Envoy's config and the ext_proc's flag)
     envoy_concurrency: int = 2
     failure_mode_allow: bool = True
     message_timeout_s: float = 1.0
@@ -354,7 +355,7 @@ class Stack:
         argv = [sys.executable, "-m", "extproc", "--host", "127.0.0.1",
                 "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
                 "--backends", self.backends_spec(), "--log-level", self.options.log_level,
-                *self.options.extproc_args]
+                "--response-observation", self.options.response_observation, *self.options.extproc_args]
         if self.a2as:
             target = self.a2as[len(self.extprocs) % len(self.a2as)]
             argv += ["--a2a-url", f"127.0.0.1:{target.ports['grpc']}"]
@@ -387,6 +388,7 @@ class Stack:
             ext_proc_enabled=opts.ext_proc_enabled,
             baseline_lb_policy=opts.baseline_lb_policy,
             observer=opts.observer,
+            response_observation=opts.response_observation,
             **opts.envoy_extra,  # type: ignore[arg-type]
             per_try_idle_timeout_s=opts.per_try_idle_timeout_s,
             failover_groups=self.failover_groups(),

@@ -51,6 +51,15 @@ STREAM_IDLE_BUCKETS_S = (2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 # (their first event names the response id). docs/observability.md, "Streamed responses".
 OBSERVE_BODY_HEADER = "x-router-observe-body"
 DEFAULT_OBSERVE_STREAM_BODIES = 0.01  # one stream in 100 (benchmarks/gateway_overhead.py --streams)
+# How the ext_proc server learns how each response ended (docs/observability.md, "Response observation"):
+# "observer-stream": the observer filter opens a gRPC stream for every request; "access-log": only the requests
+# the router marks (OBSERVE_BODY_HEADER: the --observe-stream-bodies sample, Responses-API requests) have one,
+# the others end with their router stream and Envoy's gRPC access logger reports their status in batches.
+RESPONSE_OBSERVATIONS = ("observer-stream", "access-log")
+ACCESS_LOG_NAME = "workflow-router"
+# Envoy's gRPC access logger sends what it buffered this often, or sooner once this many bytes are buffered.
+ACCESS_LOG_FLUSH_S = 0.05
+ACCESS_LOG_BUFFER_BYTES = 16 * 1024
 # Envoy closes an observer stream (observability mode) this long after its HTTP stream ended (the filter's
 # deferred_close_timeout; Envoy's default is 5 s). Messages not yet delivered by then are lost, so it leaves the
 # last body chunk of a response time to arrive (0.1 s lost some on a loaded machine). The end of a stream whose
@@ -211,6 +220,7 @@ class Settings:
     def dynamic_fleet(self) -> bool:
         return self.endpoints_file is not None or self.k8s_label_selector is not None
     observe_stream_bodies: float = DEFAULT_OBSERVE_STREAM_BODIES
+    response_observation: str = RESPONSE_OBSERVATIONS[0]
     # --- workflow identity sources (docs/clients.md) ---
     identity_workflow_header: bool = True
     identity_prompt_cache_key: bool = True
@@ -258,6 +268,8 @@ class Settings:
         self._validate_discovery()
         if not 0 <= self.observe_stream_bodies <= 1:
             raise ValueError("--observe-stream-bodies must be between 0 and 1")
+        if self.response_observation not in RESPONSE_OBSERVATIONS:
+            raise ValueError(f"--response-observation must be one of {', '.join(RESPONSE_OBSERVATIONS)}")
         if self.store_timeout <= 0:
             raise ValueError("--store-timeout must be > 0")
         if self.response_id_ttl <= 0 or self.max_response_ids < 1:
@@ -481,7 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("observe-stream-bodies", DEFAULT_OBSERVE_STREAM_BODIES), metavar="FRACTION",
         help="share of streamed responses whose body the observer reads (exact usage; the others' usage is "
              "estimated and their end is their observer stream's end, so the observer's cost does not grow with "
-             "output tokens); 1 reads every stream")
+             "output tokens); 1 reads every stream. With --response-observation access-log: of every response")
+    add("--response-observation", default=_env("response-observation", RESPONSE_OBSERVATIONS[0]),
+        choices=list(RESPONSE_OBSERVATIONS),
+        help="how the server learns each response's end and status: 'observer-stream' (the observer filter's gRPC "
+             "stream per request) or 'access-log' (only the --observe-stream-bodies sample has an observer stream; "
+             "the others end with their router stream and Envoy's gRPC access log reports them in batches; "
+             "render Envoy's config with the same option)")
     add("--identity-workflow-header", type=_bool, nargs="?", const=True,
         default=_bool(_env("identity-workflow-header", True) or ""),
         help=f"workflow identity from the {WORKFLOW_ID_HEADER} header (precedence 2, after workflow_metadata)")
@@ -568,6 +586,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         k8s_token_file=ns.k8s_token_file or None,
         k8s_ca_file=ns.k8s_ca_file or None,
         observe_stream_bodies=ns.observe_stream_bodies,
+        response_observation=ns.response_observation,
         identity_workflow_header=ns.identity_workflow_header,
         identity_prompt_cache_key=ns.identity_prompt_cache_key,
         identity_previous_response=ns.identity_previous_response,

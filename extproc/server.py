@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import disable_created_metrics, start_http_server
@@ -26,6 +27,7 @@ from extproc.datastore.prefix_index import PrefixIndex
 from extproc.datastore.shared_assignments import RedisAssignments
 from extproc.datastore.workflows import WorkflowTable
 from extproc.discovery import EndpointsFile, Fleet, KubernetesPods, KubernetesSource
+from extproc.handlers.access_log import AccessLogServicer
 from extproc.handlers.server import ExtProcServicer
 from extproc.kv_index import LMCacheIndex, build_kv_index
 from extproc.metrics import Metrics
@@ -190,6 +192,8 @@ async def start(settings: Settings, reporter: Reporter | None = None) -> Running
         ]
     )
     pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(
+        AccessLogServicer(router.director, settings.cluster_header, metrics.registry), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     credentials = server_credentials(settings)

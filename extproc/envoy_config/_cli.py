@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from extproc.config import DEFAULT_GRPC_PORT, DESTINATION_ENDPOINT_HEADER
+from extproc.config import DEFAULT_GRPC_PORT, DESTINATION_ENDPOINT_HEADER, RESPONSE_OBSERVATIONS
 from extproc.envoy_config._listeners import to_yaml
 from extproc.envoy_config._options import (
     DEFAULT_ADMIN_PORT,
@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--failover-groups", type=_groups, default=(),
                         help="instances serving the same models, e.g. 'vllm-1,vllm-2;vllm-3,vllm-4': a retry stays "
                         "in the instance's group (default: any other instance)")
+    parser.add_argument("--response-observation", choices=list(RESPONSE_OBSERVATIONS),
+                        default=RESPONSE_OBSERVATIONS[0],
+                        help="'access-log': the observer filter runs only on the requests the router marks, the "
+                        "others are reported by Envoy's gRPC access log (run ext_proc with the same option)")
     parser.add_argument("--admin-address", default="127.0.0.1",
                         help="address of the admin API (0.0.0.0 lets Prometheus scrape /stats/prometheus)")
     _add_security_flags(parser)
@@ -150,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_downstream_connections=ns.max_downstream_connections,
         strict_dns=ns.strict_dns,
         admin_address=ns.admin_address,
+        response_observation=ns.response_observation,
     )
     sys.stdout.write(to_yaml(options))
 

@@ -7,15 +7,54 @@ from typing import Any
 
 import yaml
 
+from extproc.config import (
+    ACCESS_LOG_BUFFER_BYTES,
+    ACCESS_LOG_FLUSH_S,
+    ACCESS_LOG_NAME,
+    AGENT_ID_HEADER,
+    OBSERVE_BODY_HEADER,
+    ROUTE_ID_HEADER,
+    SERVED_BY_HEADER,
+    STREAM_IDLE_HEADER,
+    WORKFLOW_ID_HEADER,
+)
 from extproc.envoy_config._clusters import clusters
 from extproc.envoy_config._filters import http_filters, json_error_codes, local_reply_config
-from extproc.envoy_config._options import Endpoint, EnvoyOptions, address
+from extproc.envoy_config._options import EXTPROC_CLUSTER, Endpoint, EnvoyOptions, address, duration
 from extproc.envoy_config._routes import routes
 from extproc.envoy_config._security import one_bucket_per_route, security_filters
 
 
+def _access_log(options: EnvoyOptions) -> list[dict[str, Any]]:
+    """Access-log mode: every routed request the observer does not read is logged to the ext_proc servers over
+    gRPC, in batches (extproc/handlers/access_log.py reads these fields)."""
+    if not options.access_log or not options.ext_proc_enabled or options.baseline_lb_policy is not None:
+        return []
+    return [{
+        "name": "envoy.access_loggers.http_grpc",
+        "filter": {"and_filter": {"filters": [
+            {"header_filter": {"header": {"name": ROUTE_ID_HEADER, "present_match": True}}},
+            {"header_filter": {"header": {"name": OBSERVE_BODY_HEADER, "present_match": False}}},
+        ]}},
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            "common_config": {
+                "log_name": ACCESS_LOG_NAME,
+                "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
+                "transport_api_version": "V3",
+                "buffer_flush_interval": duration(ACCESS_LOG_FLUSH_S),
+                "buffer_size_bytes": ACCESS_LOG_BUFFER_BYTES,
+            },
+            "additional_request_headers_to_log": [ROUTE_ID_HEADER, options.cluster_header, WORKFLOW_ID_HEADER,
+                                                  AGENT_ID_HEADER, STREAM_IDLE_HEADER],
+            "additional_response_headers_to_log": [SERVED_BY_HEADER],
+        },
+    }]
+
+
 def http_connection_manager(options: EnvoyOptions) -> dict[str, Any]:
     security = security_filters(options)
+    access_log = _access_log(options)
     return {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
         "HttpConnectionManager",
@@ -32,6 +71,7 @@ def http_connection_manager(options: EnvoyOptions) -> dict[str, Any]:
         },
         "http_filters": security + http_filters(options),
         "local_reply_config": local_reply_config(json_error_codes(options)),
+        **({"access_log": access_log} if access_log else {}),
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from extproc.config import DEFAULT_CLUSTER_HEADER, DEFAULT_GRPC_PORT
+from extproc.config import DEFAULT_CLUSTER_HEADER, DEFAULT_GRPC_PORT, RESPONSE_OBSERVATIONS
 
 DEFAULT_LISTEN_PORT = 8001
 DEFAULT_ADMIN_PORT = 9901
@@ -100,6 +100,10 @@ class EnvoyOptions:
     # The observer filter gives response-end load tracking and usage (cached tokens) accounting; without it
     # load is only the scraped backend figures and the workflow status has no token counts.
     observer: bool = True
+    # "access-log": the observer runs only on requests the router marks for a body read (a sample); the others'
+    # end and status reach the ext_proc server through Envoy's gRPC access logger, in batches. The ext_proc
+    # server must run with the same --response-observation.
+    response_observation: str = RESPONSE_OBSERVATIONS[0]
     extra_routes: tuple[dict[str, Any], ...] = field(default=())
     # Endpoints are DNS names (e.g. Kubernetes Services): STRICT_DNS clusters resolve them and follow changes;
     # STATIC clusters accept only IP addresses.
@@ -124,6 +128,18 @@ class EnvoyOptions:
     # endpoints (priority 1, used by retries) are then only the others of its group, so a retry never reaches an
     # instance that would answer 404 for the request's model. Empty: every other instance.
     failover_groups: tuple[tuple[str, ...], ...] = ()
+
+
+    def __post_init__(self) -> None:
+        if self.response_observation not in RESPONSE_OBSERVATIONS:
+            raise ValueError(f"response_observation must be one of {', '.join(RESPONSE_OBSERVATIONS)}")
+        if self.access_log and self.gie:
+            raise ValueError("response_observation 'access-log' is not available in GIE mode")
+
+    @property
+    def access_log(self) -> bool:
+        """Responses reach the ext_proc server through the gRPC access log (those the observer does not read)."""
+        return self.observer and self.response_observation == "access-log"
 
 
 def duration(seconds: float) -> str:

@@ -79,25 +79,43 @@ def _a2a_route() -> dict[str, Any]:
     }
 
 
-def _routed_route(options: EnvoyOptions, served_by: list[dict[str, Any]]) -> dict[str, Any]:
-    """The route of a request the ext_proc server routed (it set the cluster header)."""
+def _observed() -> dict[str, Any]:
+    """The match on a request the router marked for the observer to read (a fresh dict: no YAML anchor)."""
+    return {"name": OBSERVE_BODY_HEADER, "present_match": True}
+
+
+def _observer_off() -> dict[str, Any]:
+    """Access-log mode: no observer stream on this route (the access log reports the response)."""
+    return {OBSERVER_FILTER: {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute", "disabled": True}}
+
+
+def _routed_route(options: EnvoyOptions, served_by: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The route of a request the ext_proc server routed (it set the cluster header); with the access log, two:
+    the requests the router marked keep the observer, the others run without it."""
     if options.gie:
         # The picker's ip:port picks an ORIGINAL_DST host. No retry policy: there is no other priority, and a
         # retry would go to the same address; the picker moves the workflow on its next request instead.
-        return {
+        return [{
             "name": "routed-by-extproc",
             "match": {"prefix": "/", "headers": [{"name": DESTINATION_ENDPOINT_HEADER, "present_match": True}]},
             "route": {"cluster": GIE_CLUSTER, "timeout": duration(options.upstream_timeout_s)},
             "response_headers_to_add": [{**served_by[0], "header": {"key": SERVED_BY_HEADER,
                                                                      "value": "%UPSTREAM_HOST%"}}],
-        }
-    return {
-        "name": "routed-by-extproc",
-        "match": {"prefix": "/", "headers": [{"name": options.cluster_header, "present_match": True}]},
-        "route": {"cluster_header": options.cluster_header, "timeout": duration(options.upstream_timeout_s),
-                  "retry_policy": retry_policy(options.per_try_idle_timeout_s)},
-        "response_headers_to_add": served_by,
-    }
+        }]
+    match = [{"name": options.cluster_header, "present_match": True}]
+    route = {"cluster_header": options.cluster_header, "timeout": duration(options.upstream_timeout_s),
+             "retry_policy": retry_policy(options.per_try_idle_timeout_s)}
+    if not options.access_log:
+        return [{"name": "routed-by-extproc", "match": {"prefix": "/", "headers": match}, "route": route,
+                 "response_headers_to_add": served_by}]
+    return [
+        {"name": "routed-by-extproc-observed", "match": {"prefix": "/", "headers": [*match, _observed()]},
+         "route": route, "response_headers_to_add": served_by},
+        {"name": "routed-by-extproc", "match": {"prefix": "/", "headers": match}, "route": route,
+         "response_headers_to_add": served_by, "typed_per_filter_config": _observer_off()},
+    ]
+
 
 
 def _observer_without_body() -> dict[str, Any]:
@@ -117,7 +135,8 @@ def _stream_idle_routes(options: EnvoyOptions, served_by: list[dict[str, Any]]) 
     at once, so the per-try timeout no longer applies; a stream silent for this long is dead: its attempt is
     reset, retried elsewhere if nothing was sent yet, else cut). requestcontrol/deadline.py picks the bucket.
     With the observer, each bucket has two routes: streams the router marked (``OBSERVE_BODY_HEADER``) keep the
-    observer's body mode, the others reach it without their body (``_observer_without_body``)."""
+    observer's body mode, the others reach it without their body (``_observer_without_body``), or not at all
+    in access-log mode (``_observer_off``)."""
     found = []
     for bucket in STREAM_IDLE_BUCKETS_S:
         idle = bucket if options.per_try_idle_timeout_s is None else min(bucket, options.per_try_idle_timeout_s)
@@ -128,7 +147,7 @@ def _stream_idle_routes(options: EnvoyOptions, served_by: list[dict[str, Any]]) 
         if options.observer:
             found.append({
                 "name": f"routed-by-extproc-stream-idle-{bucket:g}s-observed",
-                "match": {"prefix": "/", "headers": [*match, {"name": OBSERVE_BODY_HEADER, "present_match": True}]},
+                "match": {"prefix": "/", "headers": [*match, _observed()]},
                 "route": route, "response_headers_to_add": served_by,
             })
         found.append({
@@ -136,7 +155,8 @@ def _stream_idle_routes(options: EnvoyOptions, served_by: list[dict[str, Any]]) 
             "match": {"prefix": "/", "headers": match},
             "route": route,
             "response_headers_to_add": served_by,
-            **({"typed_per_filter_config": _observer_without_body()} if options.observer else {}),
+            **({"typed_per_filter_config": _observer_off() if options.access_log else _observer_without_body()}
+               if options.observer else {}),
         })
     return found
 
@@ -176,7 +196,7 @@ def routes(options: EnvoyOptions) -> list[dict[str, Any]]:
         result.append(_a2a_route())
     if not options.gie:
         result += _stream_idle_routes(options, served_by)
-    result += [_routed_route(options, served_by), _fallback_route(options, served_by)]
+    result += [*_routed_route(options, served_by), _fallback_route(options, served_by)]
     if options.baseline_lb_policy is not None:
         result = [r for r in result if r["name"] == "a2a"] + [_baseline_route(options, served_by)]
     return result

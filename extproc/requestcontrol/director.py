@@ -57,7 +57,7 @@ from extproc.requestcontrol.identity import IdentityConfig, IdentityMetrics, cha
 from extproc.requestcontrol.passive_health import PassiveHealth
 from extproc.requestcontrol.priority import decayed, service, vllm_priority
 from extproc.requestcontrol.stream_observation import MAX_PENDING, Estimate, StreamObservation, estimated_usage
-from extproc.requestcontrol.types import Decision, Request, Response, RoutePlan
+from extproc.requestcontrol.types import Decision, LoggedResponse, Request, Response, RoutePlan
 from extproc.scheduling.framework import Scheduler, SchedulingRequest
 from extproc.usage import Usage, extract_usage
 
@@ -159,6 +159,9 @@ class Director:
         # response headers yet). Both bounded like the estimates (MAX_PENDING).
         self._unread: OrderedDict[str, Response | None] = OrderedDict()
         self._ended_early: OrderedDict[str, float] = OrderedDict()
+        # Access-log mode: only marked requests have an observer stream; the others end with their router
+        # stream and their status comes from Envoy's access log (``logged``).
+        self.access_log = settings.response_observation == "access-log"
 
     # --- router stream -------------------------------------------------------------------------------------
     def start(self, headers: Mapping[str, str]) -> Request:
@@ -243,8 +246,10 @@ class Director:
         if request.path in LLM_PATHS:  # Envoy's per-try timeout (and a stream's idle route) for this request
             deadline_headers = self.deadlines.headers(instance, routing.max_tokens, routing.stream)
             headers += deadline_headers  # shared: never mutated
-            if len(deadline_headers) > 1:  # a stream on a stream-idle route: the observer may not read its body
+            if len(deadline_headers) > 1 or self.access_log:  # the observer may not read its body
                 self._observe_stream(request, route_id, routing, prompt_tokens, decision.prefill_tokens, headers)
+        elif self.access_log:
+            self._unobserved(route_id)
         plan = RoutePlan(instance, tuple(headers), body, destination)
         self.identity_metrics.count(source)
         if decision.workflow_id is not None:  # the workflow status shows it (A2A identity_source)
@@ -254,18 +259,26 @@ class Director:
 
     def _observe_stream(self, request: Request, route_id: str, routing: RoutingInput, prompt_tokens: int,
                         prefill_tokens: float, headers: list[tuple[str, str]]) -> None:
-        """Mark the stream for the observer to read (a sample; Responses-API streams: their first event names the
-        response id) and keep the router's estimate of its usage (requestcontrol/stream_observation.py)."""
+        """Mark the stream (in access-log mode: any response) for the observer to read (a sample; Responses-API
+        responses: they name the response id) and keep the router's estimate of its usage
+        (requestcontrol/stream_observation.py)."""
         observation = self.stream_observation
         if request.path == RESPONSES_PATH or observation.read_body():
             headers.append((OBSERVE_BODY_HEADER, "1"))
         else:
-            _bounded_put(self._unread, route_id, None)
+            self._unobserved(route_id)
         if prompt_tokens:  # the prompt was read (prefix routing, a tokenizer): its cached share was predicted
             estimate = Estimate(prompt_tokens, max(0, prompt_tokens - round(prefill_tokens)), routing.max_tokens)
         else:  # routed on its metadata alone: the body's length stands in for the prompt's
             estimate = Estimate(len(routing.raw or b"") // CHARS_PER_TOKEN, None, routing.max_tokens)
         observation.expect(route_id, estimate)
+
+    def _unobserved(self, route_id: str) -> None:
+        """A request whose body the observer does not read: its end is its router stream's end. In access-log
+        mode no observer stream will claim its in-flight entry either, so it is claimed here."""
+        _bounded_put(self._unread, route_id, None)
+        if self.access_log:
+            self.inflight.observe(route_id)
 
     def _stored_response(self, routing: RoutingInput, body: bytes | None, instance: str, workflow_id: str | None,
                          now: float) -> bytes | None:
@@ -437,12 +450,26 @@ class Director:
         that is the response's end: complete it now, or when its observer has seen the response headers."""
         if route_id not in self._unread:
             return
+        if self.access_log:  # its status comes with its access log entry (``logged``); its load ends now
+            del self._unread[route_id]
+            self.inflight.finish(route_id)
+            return
         response = self._unread[route_id]
         if response is not None and response.status:
             del self._unread[route_id]
             self.completed(response, b"", self.clock())
         else:
             _bounded_put(self._ended_early, route_id, self.clock())
+
+    def logged(self, entry: LoggedResponse) -> None:
+        """Envoy's access log reported a response the observer did not see (access-log mode). Its router stream
+        has normally ended before (the load released there); if not, it is released here."""
+        now = self.clock()
+        self._unread.pop(entry.route_id, None)
+        response = Response(entry.route_id, entry.instance, entry.workflow_id, entry.agent_id, entry.request_id,
+                            status=entry.status, served_by=entry.served_by, started=now - entry.wall_s,
+                            path=entry.path, body_read=False)
+        self.completed(response, b"", now)
 
     def bodyless_headers(self, response: Response) -> bool:
         """The observer saw an unread stream's response headers: True when its router stream had already ended

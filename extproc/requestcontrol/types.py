@@ -75,3 +75,18 @@ class Response:
     body_read: bool = True  # False: a stream whose body the observer does not see (its end: Director.router_ended)
     done: bool = False  # completed (Director.completed ran)
     ended_at: float | None = None  # an unread stream: when its router stream (its HTTP stream) ended
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedResponse:
+    """One response as Envoy's access log reported it (access-log mode: the requests the observer did not see)."""
+
+    route_id: str
+    instance: str  # the cluster the router picked
+    workflow_id: str | None
+    agent_id: str | None
+    request_id: str
+    path: str
+    status: int  # 0: no response (the client went away, or the stream was cut before its headers)
+    served_by: str | None  # the cluster whose host answered
+    wall_s: float  # from the request's start to its response's last byte
