@@ -37,6 +37,7 @@ def test_gateway_overhead_quick(tmp_path: Path) -> None:
     fixed = report["fixed_rate"]
     assert fixed["rate"] == pytest.approx(report["rate_with"] / 2)
     assert fixed["gateways"]["Envoy + ext_proc"]["rate"] > 0 and fixed["gateways"]["Envoy alone"]["rate"] > 0
+    assert report["rate_access_log"] > 0 and fixed["gateways"]["Envoy + ext_proc, access log"]["rate"] > 0
     if peers.vllm_router_binary() is not None:  # the same backends serve its /tokenize calls: no error
         for policy in ("cache_aware", "round_robin"):
             assert report["vllm_router"][policy]["rate"] > 0
