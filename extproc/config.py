@@ -189,6 +189,7 @@ class Settings:
     log_level: str = "info"
     event_loop: str = "auto"  # auto: uvloop where installed (uvicorn[standard] brings it), else asyncio's own
     gc_freeze: bool = False  # move what startup allocated out of the collector's reach (gc.freeze)
+    gc_threshold: tuple[int, int, int] | None = None  # gc.set_threshold; None = Python's (700, 10, 10)
     # --- Gateway API Inference Extension and mTLS (docs/gateway-api.md, docs/envoy-security.md) ---
     destination_mode: str = "cluster-header"
     tls_cert_file: str | None = None  # serve ext_proc gRPC over TLS with this certificate ...
@@ -341,6 +342,15 @@ def _env(name: str, default: object) -> str | None:
     return value if value is not None else (None if default is None else str(default))
 
 
+
+def _gc_threshold(text: str) -> tuple[int, int, int]:
+    """``G0,G1,G2`` for gc.set_threshold: three integers, the first >= 1."""
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts) or int(parts[0]) < 1:
+        raise argparse.ArgumentTypeError(f"expected three integers G0,G1,G2 with G0 >= 1, got {text!r}")
+    g0, g1, g2 = (int(p) for p in parts)
+    return g0, g1, g2
+
 def _bool(text: str | bool) -> bool:
     if isinstance(text, bool):
         return text
@@ -443,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gc-freeze", type=_bool, nargs="?", const=True, default=_bool(_env("gc-freeze", False) or ""),
         help="after startup, gc.freeze() what is allocated so far: full collections stop traversing it "
         "(extproc_gc_pause_seconds shows the pauses)")
+    add("--gc-threshold", type=_gc_threshold, default=_env("gc-threshold", None), metavar="G0,G1,G2",
+        help="the collector's thresholds (gc.set_threshold), e.g. 10000,10,10: fewer, longer young collections; "
+        "default Python's 700,10,10 (benchmarks/gateway_gc.py measures both)")
     add("--destination-mode", default=_env("destination-mode", "cluster-header"), choices=list(DESTINATION_MODES),
         help="how the chosen instance is named to Envoy: 'cluster-header' (its cluster name in --cluster-header) "
         f"or 'endpoint' (its ip:port in {DESTINATION_ENDPOINT_HEADER} and dynamic metadata "
@@ -564,6 +577,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
         log_level=ns.log_level,
         event_loop=ns.event_loop,
         gc_freeze=ns.gc_freeze,
+        gc_threshold=ns.gc_threshold,
         destination_mode=ns.destination_mode,
         tls_cert_file=ns.tls_cert_file,
         tls_key_file=ns.tls_key_file,

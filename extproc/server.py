@@ -234,6 +234,8 @@ async def serve(settings: Settings) -> None:
                "event_loop": type(asyncio.get_running_loop()).__module__.partition(".")[0]},
     )
     unwatch_gc = running.router.metrics.watch_gc()
+    if settings.gc_threshold is not None:
+        gc.set_threshold(*settings.gc_threshold)
     if settings.gc_freeze:
         gc.collect()
         gc.freeze()

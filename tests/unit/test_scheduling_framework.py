@@ -216,3 +216,22 @@ def test_gc_freeze_flag_and_its_environment_variable(monkeypatch: pytest.MonkeyP
     assert settings_from_args(["--backends", "vllm-1=http://127.0.0.1:8001", "--gc-freeze"]).gc_freeze is True
     monkeypatch.setenv("EXTPROC_GC_FREEZE", "true")
     assert settings_from_args(["--backends", "vllm-1=http://127.0.0.1:8001"]).gc_freeze is True
+
+
+def test_gc_threshold_and_response_observation_flags_and_their_environment_variables(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    backends = ["--backends", "vllm-1=http://127.0.0.1:8001"]
+    default = settings_from_args(backends)
+    assert (default.gc_threshold, default.response_observation) == (None, "observer-stream")
+    assert settings_from_args([*backends, "--gc-threshold", "10000,10,10"]).gc_threshold == (10000, 10, 10)
+    assert settings_from_args([*backends, "--response-observation", "access-log"]).response_observation == (
+        "access-log")
+    for bad in (["--gc-threshold", "10000,10"], ["--gc-threshold", "0,10,10"], ["--gc-threshold", "a,b,c"],
+                ["--response-observation", "sometimes"]):
+        with pytest.raises(SystemExit):
+            settings_from_args([*backends, *bad])
+        assert bad[0] in capsys.readouterr().err  # the error names the flag
+    monkeypatch.setenv("EXTPROC_GC_THRESHOLD", "5000,20,20")
+    monkeypatch.setenv("EXTPROC_RESPONSE_OBSERVATION", "access-log")
+    found = settings_from_args(backends)
+    assert (found.gc_threshold, found.response_observation) == ((5000, 20, 20), "access-log")
