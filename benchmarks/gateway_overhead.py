@@ -730,23 +730,28 @@ def main(argv: list[str] | None = None) -> int:
         report["decision_by_store_s"] = by_store
 
     if ns.replicas_compare:
-        print("\n=== ONE vs TWO EXT_PROC REPLICAS (shared state in a private Redis) ===")
+        print("\n=== ONE vs TWO EXT_PROC REPLICAS (shared state in a private Redis), by response observation ===")
         backend_process, backends = start_fixed_backends(run_dir, names)
+        modes = ("observer-stream", "access-log")
         try:
-            rates: dict[int, list[float]] = {1: [], 2: []}
+            rates: dict[tuple[str, int], list[float]] = {(m, r): [] for m in modes for r in (1, 2)}
             for _ in range(rounds):
-                for replicas in (1, 2):
-                    result = measure_gateway(True, backends, requests, ns.connections, duration, run_dir,
-                                             replicas=replicas, redis="private")
-                    rates[replicas].append(result.rate)
+                for mode, replicas in rates:
+                    with envoy_gateway(True, backends, run_dir, replicas, "private",
+                                       response_observation=mode) as gateway:
+                        result = closed_loop(gateway, requests, ns.connections, duration)[0]
+                    rates[mode, replicas].append(result.rate)
         finally:
             backend_process.stop()
-        one, two = statistics.median(rates[1]), statistics.median(rates[2])
-        print(f"{'ext_proc replicas':<18} {'req/s':>9}")
-        print(f"{'1':<18} {one:>9.0f}")
-        print(f"{'2':<18} {two:>9.0f}")
-        print(f"rate ratio (2 / 1): {two / one:.2f}x  (2 cores: Envoy, the replicas and the load generator share them)")
-        report["replicas_rate"] = {"1": one, "2": two}
+        print(f"{'response observation':<22} {'1 replica':>10} {'2 replicas':>11} {'2 / 1':>7}")
+        scaling: dict[str, dict[str, float]] = {}
+        for mode in modes:
+            one, two = statistics.median(rates[mode, 1]), statistics.median(rates[mode, 2])
+            scaling[mode] = {"1": one, "2": two}
+            print(f"{mode:<22} {one:>10.0f} {two:>11.0f} {two / one:>6.2f}x")
+        print("(2 cores: Envoy, the replicas and the load generator share them)")
+        report["replicas_rate"] = scaling["observer-stream"]
+        report["replicas_rate_by_observation"] = scaling
     if ns.json_out:
         ns.json_out.parent.mkdir(parents=True, exist_ok=True)
         ns.json_out.write_text(json.dumps(report, indent=2))
