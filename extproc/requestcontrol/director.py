@@ -11,7 +11,6 @@ Workflow affinity is state here (the workflow table: which instance a workflow h
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import uuid
@@ -222,7 +221,8 @@ class Director:
             found = await self.precise.cached_tokens(prompt, routing.messages)
             if found is not None:
                 prompt_tokens, precise = found
-        decision = self.decide(metadata, now, blocks, cached, prompt_tokens, precise, pinned, model=routing.model)
+        decision = self.decide(metadata, now, blocks, cached, prompt_tokens, precise, pinned, model=routing.model,
+                               identity_source=source.value)
         if self.consensus is not None and decision.workflow_id is not None and pinned is None:
             decision = await self.consensus.agree(decision, now)
         instance = decision.instance
@@ -252,8 +252,6 @@ class Director:
             self._unobserved(route_id)
         plan = RoutePlan(instance, tuple(headers), body, destination)
         self.identity_metrics.count(source)
-        if decision.workflow_id is not None:  # the workflow status shows it (A2A identity_source)
-            decision = dataclasses.replace(decision, identity_source=source.value)
         self._account(decision, metadata, request, time.perf_counter() - started)
         return plan
 
@@ -322,11 +320,12 @@ class Director:
     def decide(self, metadata: WorkflowMetadata | None, now: float, blocks: Sequence[int] = (),
                cached_fraction: Mapping[str, float] | None = None, prompt_tokens: int = 0,
                precise: Mapping[str, int | None] | None = None, pinned: str | None = None,
-               model: str | None = None) -> Decision:
+               model: str | None = None, identity_source: str = "") -> Decision:
         """Pick the instance with the scheduler and keep the workflow table and the prefix index in step (pure,
         synchronous). ``prompt_tokens``: the prompt's length (estimated from its text when no tokenizer ran);
         ``precise``: the tokens each instance holds per its KV events (None: no live stream for it); ``pinned``:
-        the only instance that can answer (it holds the request's previous response), whatever the load."""
+        the only instance that can answer (it holds the request's previous response), whatever the load;
+        ``identity_source``: where a workflow's identity came from (the A2A workflow status shows it)."""
         index = self.prefix_index
         matched = index.match(blocks) if index is not None and blocks else None
         cached_tokens: dict[str, int] | None = None
@@ -352,8 +351,8 @@ class Director:
                     cached_fraction.get(instance, 0.0) > 0)
             else:
                 prefix = matched[instance] if matched is not None else 0
-            return self._learned(Decision(instance, None, False, False, False, prefix_blocks=prefix), blocks,
-                                 prompt_tokens, cached_tokens)
+            return Decision(instance, None, False, False, False, prefix_blocks=prefix,
+                            prefill_tokens=self._learned(instance, blocks, prompt_tokens, cached_tokens))
         workflow_id = metadata.workflow_id
         key = affinity_key(workflow_id, model)  # one instance per (workflow, model)
         keyed = key if model is not None else None  # Decision.affinity_key
@@ -369,36 +368,37 @@ class Director:
         instance = pinned if pinned is not None else self.scheduler.schedule(SchedulingRequest(
             workflow_id, home, metadata.workflow_priority, blocks, cached_fraction, prompt_tokens,
             cached_tokens, model=model, continues_on_home=continues)).instance
+        prefill = self._learned(instance, blocks, prompt_tokens, cached_tokens)
         if entry is not None and home is not None:
             if instance == home:
                 assigned = entry
-                decision = Decision(home, workflow_id, True, False, False, affinity_key=keyed)
+                decision = Decision(home, workflow_id, True, False, False, affinity_key=keyed,
+                                    prefill_tokens=prefill, identity_source=identity_source)
             else:
                 assigned = workflows.assign(key, instance, now)
                 decision = Decision(instance, workflow_id, False, False, False, rebalanced=True, previous=home,
-                                    affinity_key=keyed)
+                                    affinity_key=keyed, prefill_tokens=prefill, identity_source=identity_source)
         else:
             previous = entry.instance if entry is not None else None
             assigned = workflows.assign(key, instance, now)
             decision = Decision(instance, workflow_id, False, previous is None, previous is not None,
-                                previous=previous, affinity_key=keyed)
+                                previous=previous, affinity_key=keyed, prefill_tokens=prefill,
+                                identity_source=identity_source)
         assigned.requests += 1
         if blocks:
             assigned.last_blocks, assigned.last_hash = len(blocks), blocks[-1]
-        return self._learned(decision, blocks, prompt_tokens, cached_tokens)
+        return decision
 
-    def _learned(self, decision: Decision, blocks: Sequence[int], prompt_tokens: int,
-                 cached_tokens: Mapping[str, int] | None) -> Decision:
-        """The chosen instance now holds this prompt (the prefix index learns it); the prompt's uncached tokens
-        queue there as prefill work until its response starts."""
-        instance = decision.instance
+    def _learned(self, instance: str, blocks: Sequence[int], prompt_tokens: int,
+                 cached_tokens: Mapping[str, int] | None) -> int:
+        """The chosen instance now holds this prompt (the prefix index learns it); returns the prompt's uncached
+        tokens, which queue there as prefill work until its response starts."""
         if self.prefix_index is not None and blocks:
             self.prefix_index.learn(instance, blocks)
         if not prompt_tokens:
-            return decision
+            return 0
         cached = cached_tokens.get(instance, 0) if cached_tokens is not None else 0
-        uncached = max(0, prompt_tokens - cached)
-        return dataclasses.replace(decision, prefill_tokens=uncached) if uncached else decision
+        return max(0, prompt_tokens - cached)
 
     def _priority(self, decision: Decision, metadata: WorkflowMetadata | None, now: float) -> int:
         """Least attained service first: a request of a workflow that has had little service runs early."""
