@@ -248,9 +248,11 @@ def open_loop(gateway: Gateway, requests: list[bytes], connections: int, duratio
 
 def measure_gateway(ext_proc: bool, backends: dict[str, int], requests: list[bytes], connections: int,
                     duration: float, run_dir: Path, replicas: int = 1, redis: str | None = None,
-                    observer: bool = True, extproc_args: tuple[str, ...] = ()) -> LoadResult:
+                    observer: bool = True, extproc_args: tuple[str, ...] = (),
+                    response_observation: str = "observer-stream") -> LoadResult:
     """A closed-loop run through Envoy, with or without the ext_proc (see :func:`closed_loop`)."""
-    with envoy_gateway(ext_proc, backends, run_dir, replicas, redis, observer, extproc_args) as gateway:
+    with envoy_gateway(ext_proc, backends, run_dir, replicas, redis, observer, extproc_args,
+                       response_observation) as gateway:
         return closed_loop(gateway, requests, connections, duration)[0]
 
 
@@ -321,8 +323,13 @@ def long_prompt_requests(prompt_bytes: int, count: int = 64) -> list[bytes]:
 
 def _row(label: str, result: LoadResult) -> str:
     cpu = result.extproc_cpu_us
-    return (f"{label:<34} {result.rate:>8.0f} {result.percentile(0.5) * 1e3:>8.2f} "
+    return (f"{label:<38} {result.rate:>8.0f} {result.percentile(0.5) * 1e3:>8.2f} "
             f"{result.percentile(0.99) * 1e3:>8.2f} {cpu:>12.0f}")
+
+
+# (label, --observe-stream-bodies, --response-observation) of the streamed-responses section
+STREAM_VARIANTS = (("every body read", "1", "observer-stream"), ("1 in 100 read (default)", "0.01", "observer-stream"),
+                   ("none read", "0", "observer-stream"), ("access log, 1 in 100 read", "0.01", "access-log"))
 
 
 def streams_section(run_dir: Path, connections: int, duration: float, report: dict[str, object],
@@ -334,19 +341,20 @@ def streams_section(run_dir: Path, connections: int, duration: float, report: di
     samples: dict[str, list[dict[str, float]]] = {}
     print(f"\n=== STREAMED RESPONSES (one SSE event per token, 1 ms apart; {connections} connections, {duration:g}s "
           "each) ===")
-    print(f"{'gateway / observer':<34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>12}")
+    print(f"{'gateway / observer':<38} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>12}")
     try:
         for _ in range(rounds):
             for tokens in (16, 256):
                 requests = stream_requests(tokens)
                 alone = measure_gateway(False, backends, requests, connections, duration, run_dir)
                 print(_row(f"{tokens} tokens, Envoy alone", alone))
-                for label, fraction in (("every body read", "1"), ("1 in 100 read (default)", "0.01"),
-                                        ("none read", "0")):
+                for label, fraction, mode in STREAM_VARIANTS:
                     result = measure_gateway(True, backends, requests, connections, duration, run_dir,
-                                             extproc_args=("--observe-stream-bodies", fraction))
+                                             extproc_args=("--observe-stream-bodies", fraction),
+                                             response_observation=mode)
                     print(_row(f"{tokens} tokens, {label}", result))
-                    samples.setdefault(f"{tokens}/{fraction}", []).append({
+                    key = fraction if mode == "observer-stream" else mode
+                    samples.setdefault(f"{tokens}/{key}", []).append({
                         "rate": result.rate, "cpu_us": result.extproc_cpu_us, "p50": result.percentile(0.5),
                         "rate_alone": alone.rate})
     finally:
@@ -358,8 +366,9 @@ def streams_section(run_dir: Path, connections: int, duration: float, report: di
         print(f"medians of {rounds} rounds:")
         for key, figure in figures.items():
             print(f"  {key:<10} req/s {figure['rate']:>6.0f}  CPU us/req {figure['cpu_us']:>6.0f}")
-    for fraction, label in (("1", "every body read"), ("0.01", "default"), ("0", "none read")):
-        ratio = figures[f"256/{fraction}"]["cpu_us"] / figures[f"16/{fraction}"]["cpu_us"]
+    for key, label in (("1", "every body read"), ("0.01", "default"), ("0", "none read"),
+                       ("access-log", "access log")):
+        ratio = figures[f"256/{key}"]["cpu_us"] / figures[f"16/{key}"]["cpu_us"]
         print(f"ext_proc CPU per request, 256 / 16 tokens, {label}: {ratio:.2f}x")
     report["streams"] = figures
 
@@ -368,7 +377,7 @@ def long_prompts_section(backends: dict[str, int], run_dir: Path, duration: floa
                          report: dict[str, object]) -> None:
     """Added latency of the ext_proc for 2 KB and 400 KB prompts at low concurrency (4 connections)."""
     print("\n=== LONG PROMPTS (4 connections; added latency over Envoy alone) ===")
-    print(f"{'prompt / gateway':<34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>12}")
+    print(f"{'prompt / gateway':<38} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>12}")
     figures: dict[str, dict[str, float]] = {}
     for size in (2_000, 400_000):
         requests = long_prompt_requests(size)
