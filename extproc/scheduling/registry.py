@@ -56,7 +56,8 @@ def _flag(parameters: Mapping[str, Any], name: str, default: bool) -> bool:
 Factory = Callable[[Mapping[str, Any], PluginContext], object]
 
 PLUGINS: dict[str, Factory] = {
-    "workflow-affinity": lambda p, c: WorkflowAffinity(_preference(p, c), _flag(p, "always_pin", False)),
+    "workflow-affinity": lambda p, c: WorkflowAffinity(_preference(p, c), _flag(p, "always_pin", False),
+                                                       _flag(p, "weigh_queue", True)),
     "load-bound": lambda p, c: LoadBoundFilter(_preference(p, c)),
     "kv-room": lambda p, c: KVRoomFilter(),
     "least-load": lambda p, c: LeastLoadFilter(),

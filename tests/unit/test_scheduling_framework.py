@@ -145,6 +145,8 @@ CONTEXT = PluginContext(0.8, PrefixIndex(ABC))
      "batching_preference must be"),
     (lambda c: c["plugins"].append({"type": "workflow-affinity", "parameters": {"always_pin": "yes"}}),
      "always_pin must be true or false"),
+    (lambda c: c["plugins"].append({"type": "workflow-affinity", "parameters": {"weigh_queue": 1}}),
+     "weigh_queue must be true or false"),
 ])
 def test_bad_configs_are_refused_naming_the_problem(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
     import copy
@@ -190,6 +192,18 @@ def test_the_benchmarks_always_pin_config_is_the_rules_with_the_old_pin() -> Non
     assert [p.always_pin for p in pins] == [True]
     request = SchedulingRequest("w", "b", cached_tokens={"a": 64, "b": 64, "c": 64}, continues_on_home=False)
     assert scheduler.schedule(request).instance == "b"
+
+
+def test_the_benchmarks_lead_only_config_is_the_rules_without_the_queue_weighed() -> None:
+    from extproc.scheduling.plugins.workflow_affinity import WorkflowAffinity
+    from extproc.scheduling.profiles import load_config
+
+    path = Path(__file__).parents[2] / "benchmarks" / "compare_routers" / "lead-only.yaml"
+    scheduler = build_scheduler(Endpoints(ABC), CONTEXT, load_config(path))
+    pins = [f for f in scheduler.profiles["workflow"].filters if isinstance(f, WorkflowAffinity)]
+    assert [(p.always_pin, p.weigh_queue) for p in pins] == [(False, False)]
+    default = build_scheduler(Endpoints(ABC), CONTEXT, load_config("builtin:rules"))
+    assert [f.weigh_queue for f in default.profiles["workflow"].filters if isinstance(f, WorkflowAffinity)] == [True]
 
 
 def test_gc_pauses_are_timed_by_generation_until_unwatched() -> None:

@@ -94,6 +94,35 @@ def test_workflow_affinity_pins_only_a_cache_lead(case: Case) -> None:
     assert kept == case.expected
 
 
+# A lead (or a continuation) pins only while the home's expected TTFT, its queued prefill included and uncached
+# tokens counted twice, is no longer than the best other candidate's. A 600-token prompt; "b" holds 512 of it.
+def _leading(continues: bool | None = False, others: int = 64) -> SchedulingRequest:
+    return SchedulingRequest("w", "b", cached_tokens={"a": others, "b": 512, "c": others}, prompt_tokens=600,
+                             continues_on_home=continues)
+
+
+QUEUE_WEIGHED = [
+    # (name, request, prefill tokens queued on the home, weigh_queue, expected)
+    ("nothing queued: the lead pins", _leading(), 0, True, ["b"]),
+    ("a short queue costs less than redoing the prefill elsewhere: pinned", _leading(), 600, True, ["b"]),
+    ("a queue longer than twice the lead: the best other", _leading(), 3000, True, ["a"]),
+    ("the rule before (weigh_queue false): pinned whatever is queued", _leading(), 3000, False, ["b"]),
+    ("unknown whether it continues (another replica): pinned", _leading(continues=None), 3000, True, ["b"]),
+    ("continues on the home, others hold as much: the queue decides", _leading(True, 512), 3000, True, ["a"]),
+    ("continues on the home, nothing queued: pinned", _leading(True, 64), 0, True, ["b"]),
+]
+
+
+@pytest.mark.parametrize(("request_", "queued", "weigh", "expected"), [c[1:] for c in QUEUE_WEIGHED],
+                         ids=[c[0] for c in QUEUE_WEIGHED])
+def test_workflow_affinity_weighs_the_homes_queue_against_its_lead(request_: SchedulingRequest, queued: int,
+                                                                   weigh: bool, expected: list[str]) -> None:
+    state = endpoints()
+    if queued:
+        state.acquire("b", queued)
+    assert WorkflowAffinity(0.8, weigh_queue=weigh).filter(request_, state, list(ABC)) == expected
+
+
 def test_a_batching_preference_of_one_never_leaves_a_healthy_instance_whatever_it_holds() -> None:
     request = SchedulingRequest("w", "b", cached_tokens={"a": 64, "b": 64, "c": 64}, continues_on_home=False)
     assert WorkflowAffinity(1.0).filter(request, endpoints(outstanding={"b": 2}), list(ABC)) == ["b"]

@@ -15,6 +15,14 @@ only concentrates the workflow's load, so the filter keeps the least-loaded of t
 what the home holds, rotating among equals. With p = 1.0, without a cache view (no prefix routing) or with
 ``always_pin: true`` (the rule before the cache lead), the pin is the rule.
 
+Where the home holds a lead (or the prompt continues there) staying saves that prefill, but the request also
+waits behind what is queued there: a fan-out's siblings arriving together all hold the parent's context on the
+home. So the pin holds only while the home's expected time to first token (``cost_model.expected_ttft``: the
+prefill queued ahead + this prompt's uncached tokens + running sequences, per learned token cost) is no longer
+than the best other candidate's, the uncached tokens counted twice (``MOVE_WORK_WEIGHT``: a prefill redone
+elsewhere also takes fleet capacity from the requests after it); otherwise the request goes to that best
+candidate. ``weigh_queue: false`` pins on the lead alone (the rule before).
+
 As a **scorer** it gives the workflow's instance 1 and the others 0: among equally good candidates the
 workflow's own instance wins.
 """
@@ -23,18 +31,22 @@ from __future__ import annotations
 
 from extproc.datastore.endpoints import Endpoints
 from extproc.scheduling.framework import SchedulingRequest
+from extproc.scheduling.plugins.cost_model import expected_ttft
 from extproc.scheduling.plugins.least_load import LeastLoadFilter
 from extproc.scheduling.plugins.load_bound import imbalance_slack
 
 _LEAST_LOAD = LeastLoadFilter()
+# Uncached tokens count (1 + this) times when staying is weighed against moving (cost_model's work_weight).
+MOVE_WORK_WEIGHT = 1.0
 
 
 class WorkflowAffinity:
     name = "workflow-affinity"
 
-    def __init__(self, batching_preference: float, always_pin: bool = False) -> None:
+    def __init__(self, batching_preference: float, always_pin: bool = False, weigh_queue: bool = True) -> None:
         self.batching_preference = batching_preference
         self.always_pin = always_pin
+        self.weigh_queue = weigh_queue and not always_pin
         self.needs_prompt = not always_pin  # the cache lead is measured on this prompt's blocks
         self._rotation = 0
 
@@ -51,6 +63,12 @@ class WorkflowAffinity:
             if any(cached.get(other, 0) >= home_cached for other in candidates if other != home):
                 holders = [i for i in candidates if cached.get(i, 0) >= home_cached]
                 return self._rotate(_LEAST_LOAD.filter(request, endpoints, holders))
+        if (self.weigh_queue and cached is not None and request.continues_on_home is not None
+                and request.prompt_tokens and len(candidates) > 1):
+            costs = {i: expected_ttft(request, endpoints, i, MOVE_WORK_WEIGHT) for i in candidates}
+            best = min(candidates, key=costs.__getitem__)
+            if costs[best] < costs[home]:
+                return [best]  # the queue on the home costs more than its cache saves
         load = endpoints.load
         home_load = load(home)
         for other in candidates:
