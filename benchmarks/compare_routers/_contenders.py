@@ -23,7 +23,7 @@ class Contender:
 
 COST_MODEL = ("--scheduling-config", "builtin:cost-model")
 ALWAYS_PIN = ("--scheduling-config", str(Path(__file__).with_name("always-pin.yaml")))
-LEAD_ONLY = ("--scheduling-config", str(Path(__file__).with_name("lead-only.yaml")))
+QUEUE_WEIGHED = ("--scheduling-config", str(Path(__file__).with_name("queue-weighed.yaml")))
 
 
 CONTENDERS: dict[str, Contender] = {c.name: c for c in (
@@ -35,9 +35,9 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in (
     Contender("workflow-aware/always-pin", "ours", "our ext_proc, workflow_metadata, the workflow stays on its "
               "instance within the load bound whatever that instance holds of the prompt (always-pin.yaml)",
               metadata=True, extproc_args=ALWAYS_PIN),
-    Contender("workflow-aware/lead-only", "ours", "our ext_proc, workflow_metadata, the workflow stays on its "
-              "instance while that instance holds a lead of the prompt, whatever is queued there (lead-only.yaml)",
-              metadata=True, extproc_args=LEAD_ONLY),
+    Contender("workflow-aware/queue-weighed", "ours", "our ext_proc, workflow_metadata, a cache lead pins the "
+              "workflow only while its instance's queue costs less than the lead saves (queue-weighed.yaml)",
+              metadata=True, extproc_args=QUEUE_WEIGHED),
     Contender("workflow-aware/read-all-streams", "ours", "our ext_proc, workflow_metadata, the observer reads "
               "every stream's body (--observe-stream-bodies 1: exact usage, end at the last chunk)", metadata=True,
               extproc_args=("--observe-stream-bodies", "1")),

@@ -57,7 +57,7 @@ Factory = Callable[[Mapping[str, Any], PluginContext], object]
 
 PLUGINS: dict[str, Factory] = {
     "workflow-affinity": lambda p, c: WorkflowAffinity(_preference(p, c), _flag(p, "always_pin", False),
-                                                       _flag(p, "weigh_queue", True)),
+                                                       _flag(p, "weigh_queue", False)),
     "load-bound": lambda p, c: LoadBoundFilter(_preference(p, c)),
     "kv-room": lambda p, c: KVRoomFilter(),
     "least-load": lambda p, c: LeastLoadFilter(),

@@ -194,16 +194,16 @@ def test_the_benchmarks_always_pin_config_is_the_rules_with_the_old_pin() -> Non
     assert scheduler.schedule(request).instance == "b"
 
 
-def test_the_benchmarks_lead_only_config_is_the_rules_without_the_queue_weighed() -> None:
+def test_the_benchmarks_queue_weighed_config_is_the_rules_with_the_queue_weighed() -> None:
     from extproc.scheduling.plugins.workflow_affinity import WorkflowAffinity
     from extproc.scheduling.profiles import load_config
 
-    path = Path(__file__).parents[2] / "benchmarks" / "compare_routers" / "lead-only.yaml"
+    path = Path(__file__).parents[2] / "benchmarks" / "compare_routers" / "queue-weighed.yaml"
     scheduler = build_scheduler(Endpoints(ABC), CONTEXT, load_config(path))
     pins = [f for f in scheduler.profiles["workflow"].filters if isinstance(f, WorkflowAffinity)]
-    assert [(p.always_pin, p.weigh_queue) for p in pins] == [(False, False)]
+    assert [(p.always_pin, p.weigh_queue) for p in pins] == [(False, True)]
     default = build_scheduler(Endpoints(ABC), CONTEXT, load_config("builtin:rules"))
-    assert [f.weigh_queue for f in default.profiles["workflow"].filters if isinstance(f, WorkflowAffinity)] == [True]
+    assert [f.weigh_queue for f in default.profiles["workflow"].filters if isinstance(f, WorkflowAffinity)] == [False]
 
 
 def test_gc_pauses_are_timed_by_generation_until_unwatched() -> None:

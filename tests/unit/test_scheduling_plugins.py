@@ -106,7 +106,7 @@ QUEUE_WEIGHED = [
     ("nothing queued: the lead pins", _leading(), 0, True, ["b"]),
     ("a short queue costs less than redoing the prefill elsewhere: pinned", _leading(), 600, True, ["b"]),
     ("a queue longer than twice the lead: the best other", _leading(), 3000, True, ["a"]),
-    ("the rule before (weigh_queue false): pinned whatever is queued", _leading(), 3000, False, ["b"]),
+    ("the default (weigh_queue false): pinned whatever is queued", _leading(), 3000, False, ["b"]),
     ("unknown whether it continues (another replica): pinned", _leading(continues=None), 3000, True, ["b"]),
     ("continues on the home, others hold as much: the queue decides", _leading(True, 512), 3000, True, ["a"]),
     ("continues on the home, nothing queued: pinned", _leading(True, 64), 0, True, ["b"]),

@@ -16,12 +16,13 @@ what the home holds, rotating among equals. With p = 1.0, without a cache view (
 ``always_pin: true`` (the rule before the cache lead), the pin is the rule.
 
 Where the home holds a lead (or the prompt continues there) staying saves that prefill, but the request also
-waits behind what is queued there: a fan-out's siblings arriving together all hold the parent's context on the
-home. So the pin holds only while the home's expected time to first token (``cost_model.expected_ttft``: the
-prefill queued ahead + this prompt's uncached tokens + running sequences, per learned token cost) is no longer
-than the best other candidate's, the uncached tokens counted twice (``MOVE_WORK_WEIGHT``: a prefill redone
-elsewhere also takes fleet capacity from the requests after it); otherwise the request goes to that best
-candidate. ``weigh_queue: false`` pins on the lead alone (the rule before).
+waits behind what is queued there: a fan-out's siblings arriving together all find the parent's context on the
+home. With ``weigh_queue: true`` the pin holds only while the home's expected time to first token
+(``cost_model.expected_ttft``: the prefill queued ahead + this prompt's uncached tokens + running sequences, per
+learned token cost) is no longer than the best other candidate's, the uncached tokens counted twice
+(``MOVE_WORK_WEIGHT``: a prefill redone elsewhere also takes fleet capacity from the requests after it);
+otherwise the request goes to that best candidate. Off by default: in two runs of six high-load cells it was
+neutral against the lead alone (benchmarks/compare_routers/queue-weighed.yaml).
 
 As a **scorer** it gives the workflow's instance 1 and the others 0: among equally good candidates the
 workflow's own instance wins.
@@ -43,7 +44,7 @@ MOVE_WORK_WEIGHT = 1.0
 class WorkflowAffinity:
     name = "workflow-affinity"
 
-    def __init__(self, batching_preference: float, always_pin: bool = False, weigh_queue: bool = True) -> None:
+    def __init__(self, batching_preference: float, always_pin: bool = False, weigh_queue: bool = False) -> None:
         self.batching_preference = batching_preference
         self.always_pin = always_pin
         self.weigh_queue = weigh_queue and not always_pin
