@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from benchmarks.stack import Stack
+from extproc.config import FALLBACK_HEADER
 from extproc.datastore.shared_assignments import RedisAssignments
 from tests.conftest import stack_options
 
@@ -41,8 +42,10 @@ def replicated() -> Stack:
     # than the default 0.25 s is decided locally (degraded), which splits a racing workflow; with 200 concurrent
     # first requests on a machine running another test file beside this one, claims took longer than that (two
     # CI runs: 2 and 10+ of 50 workflows split). --batching-preference 1: no load-based moves either (a move by
-    # one replica reaches the other at its next revalidation). Atomic moves: the first test below.
-    with Stack(stack_options(with_a2a=False, extproc_replicas=2, redis="private",
+    # one replica reaches the other at its next revalidation). Atomic moves: the first test below. Envoy's
+    # message timeout 3 s, above the store timeout: an answer that waited on a slow claim past Envoy's 1 s default
+    # would be dropped and the request served by the fallback route, on any instance.
+    with Stack(stack_options(with_a2a=False, extproc_replicas=2, redis="private", message_timeout_s=3.0,
                              extproc_args=("--batching-preference", "1", "--store-timeout", "2"))) as stack:
         yield stack  # type: ignore[misc]
 
@@ -80,6 +83,7 @@ async def streams_per_replica(client: httpx.AsyncClient, stack: Stack) -> list[f
 async def test_replicas_agree_on_one_instance_per_workflow(replicated: Stack) -> None:
     run = uuid.uuid4().hex[:6]
     served: dict[str, set[str]] = defaultdict(set)
+    fallbacks: list[str] = []  # served by the fallback route: the ext_proc answer did not reach Envoy in time
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=100)) as client:
         deadline = time.monotonic() + 15  # Envoy uses both replicas once their health checks passed
         while not all(n > 0 for n in await streams_per_replica(client, replicated)):
@@ -92,12 +96,16 @@ async def test_replicas_agree_on_one_instance_per_workflow(replicated: Stack) ->
             for r in responses:
                 assert r.status_code == 200
                 served[workflow_id].add(r.headers["x-served-by"])
+                if r.headers.get(FALLBACK_HEADER):
+                    fallbacks.append(workflow_id)
 
         async def more(workflow_id: str) -> None:
             for step in range(4, 7):
                 r = await client.post(f"{replicated.url}/v1/completions", json=body(workflow_id, step))
                 assert r.status_code == 200
                 served[workflow_id].add(r.headers["x-served-by"])
+                if r.headers.get(FALLBACK_HEADER):
+                    fallbacks.append(workflow_id)
 
         ids = [f"rep-{run}-{i}" for i in range(50)]
         await asyncio.gather(*(first_burst(w) for w in ids))
@@ -106,7 +114,8 @@ async def test_replicas_agree_on_one_instance_per_workflow(replicated: Stack) ->
         conflicts = await extproc_metrics(client, replicated, "extproc_registry_conflicts_total")
         degraded = await extproc_metrics(client, replicated, "extproc_registry_degraded_total")
     split = {w: s for w, s in served.items() if len(s) > 1}
-    assert not split, (f"{len(split)} workflows split; decisions taken without Redis: {degraded}", split)
+    assert not split, (f"{len(split)} workflows split; decisions taken without Redis: {degraded}; served by the "
+                       f"fallback route: {len(fallbacks)}", split)
     assert len({next(iter(s)) for s in served.values()}) == 3  # the 50 workflows still spread
     assert claims >= 50 and conflicts >= 1  # the bursts really raced, and Redis settled them
 
