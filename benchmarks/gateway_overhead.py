@@ -3,7 +3,9 @@
 Backends are a second Envoy answering a fixed completion JSON (``direct_response``), so the gateway, not the
 backend, is the bottleneck. The same closed-loop load generator drives every gateway with the same requests
 (each carries ``workflow_metadata``; ext_proc parses it, routes, strips it), alternated in each round: Envoy
-alone, Envoy + ext_proc (with and without the stream observer filter), and vllm-router (the ``vllm-router`` PyPI
+alone, Envoy + ext_proc (with the observer stream per request, the default; with ``--response-observation
+access-log``, where only a sample has one and Envoy's gRPC access log reports the rest; and without the observer
+filter), and vllm-router (the ``vllm-router`` PyPI
 binary, ``benchmarks/peers.py``) with its ``cache_aware`` and ``round_robin`` policies in front of the same
 backends; a row says "skipped" when vllm-router is not installed. vllm-router's ``cache_aware`` asks every worker
 for the prompt's token ids on each request (``/v1/completions/render``, then vLLM's ``/tokenize``): the fixed
@@ -19,11 +21,13 @@ the same number of connections, latency from each request's scheduled send time 
 late and dropped requests counted): p50/p99 per gateway, and what Envoy + ext_proc adds over Envoy alone.
 
 The in-process routing decision time (parse + route + build the answer, via the servicer's synchronous core) is
-measured at 1k, 10k and 100k active workflows.
+measured at 1k, 10k and 100k active workflows. ``--replicas-compare``: one vs two ext_proc processes sharing their
+state in Redis, in both response-observation modes.
 
 Streamed responses (``--streams``): a streaming backend (``benchmarks/stream_backend.py``, one SSE event per token)
 behind the same gateway, 16- and 256-token streams, with the observer reading every stream's body (as before
-requestcontrol/stream_observation.py) and with the default sample; the figure is the ext_proc process's own CPU
+requestcontrol/stream_observation.py), with the default sample, with none read, and in access-log mode; the figure
+is the ext_proc process's own CPU
 time per request (``/proc/<pid>/stat``, less its idle CPU rate measured just before: backend polls). Long
 prompts (``--long-prompts``): 2 KB and 400 KB prompts at low
 concurrency, the added p50/p99 over Envoy alone.
