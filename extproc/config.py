@@ -342,7 +342,6 @@ def _env(name: str, default: object) -> str | None:
     return value if value is not None else (None if default is None else str(default))
 
 
-
 def _gc_threshold(text: str) -> tuple[int, int, int]:
     """``G0,G1,G2`` for gc.set_threshold: three integers, the first >= 1."""
     parts = text.split(",")
@@ -350,6 +349,7 @@ def _gc_threshold(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"expected three integers G0,G1,G2 with G0 >= 1, got {text!r}")
     g0, g1, g2 = (int(p) for p in parts)
     return g0, g1, g2
+
 
 def _bool(text: str | bool) -> bool:
     if isinstance(text, bool):

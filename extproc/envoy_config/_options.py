@@ -129,7 +129,6 @@ class EnvoyOptions:
     # instance that would answer 404 for the request's model. Empty: every other instance.
     failover_groups: tuple[tuple[str, ...], ...] = ()
 
-
     def __post_init__(self) -> None:
         if self.response_observation not in RESPONSE_OBSERVATIONS:
             raise ValueError(f"response_observation must be one of {', '.join(RESPONSE_OBSERVATIONS)}")

@@ -79,11 +79,6 @@ def _a2a_route() -> dict[str, Any]:
     }
 
 
-def _observed() -> dict[str, Any]:
-    """The match on a request the router marked for the observer to read (a fresh dict: no YAML anchor)."""
-    return {"name": OBSERVE_BODY_HEADER, "present_match": True}
-
-
 def _observer_off() -> dict[str, Any]:
     """Access-log mode: no observer stream on this route (the access log reports the response)."""
     return {OBSERVER_FILTER: {
@@ -103,19 +98,26 @@ def _routed_route(options: EnvoyOptions, served_by: list[dict[str, Any]]) -> lis
             "response_headers_to_add": [{**served_by[0], "header": {"key": SERVED_BY_HEADER,
                                                                      "value": "%UPSTREAM_HOST%"}}],
         }]
-    match = [{"name": options.cluster_header, "present_match": True}]
+    match: list[dict[str, Any]] = [{"name": options.cluster_header, "present_match": True}]
     route = {"cluster_header": options.cluster_header, "timeout": duration(options.upstream_timeout_s),
              "retry_policy": retry_policy(options.per_try_idle_timeout_s)}
-    if not options.access_log:
-        return [{"name": "routed-by-extproc", "match": {"prefix": "/", "headers": match}, "route": route,
-                 "response_headers_to_add": served_by}]
-    return [
-        {"name": "routed-by-extproc-observed", "match": {"prefix": "/", "headers": [*match, _observed()]},
-         "route": route, "response_headers_to_add": served_by},
-        {"name": "routed-by-extproc", "match": {"prefix": "/", "headers": match}, "route": route,
-         "response_headers_to_add": served_by, "typed_per_filter_config": _observer_off()},
-    ]
+    # Without the access log the observer reads every non-streamed response: one route.
+    return _by_observation("routed-by-extproc", match, route, served_by,
+                           _observer_off() if options.access_log else None)
 
+
+def _by_observation(name: str, match: list[dict[str, Any]], route: dict[str, Any], served_by: list[dict[str, Any]],
+                    unread: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One route, or two when the observer does not read every response (``unread``: its per-route config for
+    the requests the router did not mark): first the marked ones (``OBSERVE_BODY_HEADER``), which keep the
+    observer's own mode, then the others."""
+    plain = {"name": name, "match": {"prefix": "/", "headers": match}, "route": route,
+             "response_headers_to_add": served_by}
+    if unread is None:
+        return [plain]
+    observed = {**plain, "name": f"{name}-observed",
+                "match": {"prefix": "/", "headers": [*match, {"name": OBSERVE_BODY_HEADER, "present_match": True}]}}
+    return [observed, {**plain, "typed_per_filter_config": unread}]
 
 
 def _observer_without_body() -> dict[str, Any]:
@@ -137,27 +139,15 @@ def _stream_idle_routes(options: EnvoyOptions, served_by: list[dict[str, Any]]) 
     With the observer, each bucket has two routes: streams the router marked (``OBSERVE_BODY_HEADER``) keep the
     observer's body mode, the others reach it without their body (``_observer_without_body``), or not at all
     in access-log mode (``_observer_off``)."""
-    found = []
+    found: list[dict[str, Any]] = []
     for bucket in STREAM_IDLE_BUCKETS_S:
         idle = bucket if options.per_try_idle_timeout_s is None else min(bucket, options.per_try_idle_timeout_s)
-        match = [{"name": options.cluster_header, "present_match": True},
-                 {"name": STREAM_IDLE_HEADER, "string_match": {"exact": f"{bucket:g}"}}]
+        match: list[dict[str, Any]] = [{"name": options.cluster_header, "present_match": True},
+                                       {"name": STREAM_IDLE_HEADER, "string_match": {"exact": f"{bucket:g}"}}]
         route = {"cluster_header": options.cluster_header, "timeout": duration(options.upstream_timeout_s),
                  "retry_policy": retry_policy(idle)}
-        if options.observer:
-            found.append({
-                "name": f"routed-by-extproc-stream-idle-{bucket:g}s-observed",
-                "match": {"prefix": "/", "headers": [*match, _observed()]},
-                "route": route, "response_headers_to_add": served_by,
-            })
-        found.append({
-            "name": f"routed-by-extproc-stream-idle-{bucket:g}s",
-            "match": {"prefix": "/", "headers": match},
-            "route": route,
-            "response_headers_to_add": served_by,
-            **({"typed_per_filter_config": _observer_off() if options.access_log else _observer_without_body()}
-               if options.observer else {}),
-        })
+        unread = (_observer_off() if options.access_log else _observer_without_body()) if options.observer else None
+        found += _by_observation(f"routed-by-extproc-stream-idle-{bucket:g}s", match, route, served_by, unread)
     return found
 
 
