@@ -12,7 +12,6 @@ generation (count, total, pauses over 5 ms). Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import sys
 from pathlib import Path
@@ -20,13 +19,9 @@ from pathlib import Path
 import httpx
 
 from benchmarks import gateway_overhead as g
+from benchmarks.stack import free_port
 from extproc.config import RESPONSE_OBSERVATIONS
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 def _sample(text: str, prefix: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))

@@ -247,7 +247,7 @@ class Director:
             deadline_headers = self.deadlines.headers(instance, routing.max_tokens, routing.stream)
             headers += deadline_headers  # shared: never mutated
             if len(deadline_headers) > 1 or self.access_log:  # the observer may not read its body
-                self._observe_stream(request, route_id, routing, prompt_tokens, decision.prefill_tokens, headers)
+                self._observe_response(request, route_id, routing, prompt_tokens, decision.prefill_tokens, headers)
         elif self.access_log:
             self._unobserved(route_id)
         plan = RoutePlan(instance, tuple(headers), body, destination)
@@ -255,7 +255,7 @@ class Director:
         self._account(decision, metadata, request, time.perf_counter() - started)
         return plan
 
-    def _observe_stream(self, request: Request, route_id: str, routing: RoutingInput, prompt_tokens: int,
+    def _observe_response(self, request: Request, route_id: str, routing: RoutingInput, prompt_tokens: int,
                         prefill_tokens: float, headers: list[tuple[str, str]]) -> None:
         """Mark the stream (in access-log mode: any response) for the observer to read (a sample; Responses-API
         responses: they name the response id) and keep the router's estimate of its usage
